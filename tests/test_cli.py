@@ -1,0 +1,228 @@
+"""Tests of `condense_nb.cli`: the `reproduce` runner on throwaway pipeline notebooks, and the command line."""
+import hashlib, json, sys, types
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from condense_nb import cli
+
+# Tests marked `kernel` start one Jupyter kernel per executed notebook (about 1 s each here).
+kernel = [pytest.mark.kernel, pytest.mark.timeout(120)]
+
+PARAMS = 'preset = "unset"\ndata_root = "unset"\nout_dir = "unset"'
+
+COUNT = '''
+from pathlib import Path
+_c = Path(data_root)/(STAGE + ".count"); _c.parent.mkdir(parents=True, exist_ok=True)
+_c.write_text(str(int(_c.read_text()) + 1 if _c.exists() else 1))
+'''
+
+ALPHA = '''
+import json, os
+from pathlib import Path
+import condense_nb
+out = Path(out_dir)
+(out/"seen.json").write_text(json.dumps(dict(preset=preset, data_root=data_root, out_dir=out_dir,
+                                             cwd=os.getcwd(), package=condense_nb.__file__)))
+(out/"figs").mkdir(exist_ok=True); (out/"figs"/"plot.png").write_bytes(b"not really a png")
+(out/"report.md").write_text("ALPHA FRAGMENT\\n\\n| k | v |\\n|---|---|\\n| a | 1 |\\n\\n![the plot](figs/plot.png)\\n"
+                             '<img src="figs/plot.png" width=100>\\n')
+'''
+
+BETA = '''
+import json
+from pathlib import Path
+(Path(out_dir)/"metrics.json").write_text(json.dumps({"acc": 0.5}))
+(Path(out_dir)/"report.md").write_text("BETA FRAGMENT: see [metrics](metrics.json) and [docs](https://example.org/x.png)\\n")
+'''
+
+BAD = 'raise ValueError("boom from the pipeline")'
+
+
+def write_nb(path: Path, stage: str, body: str) -> Path:
+    "A pipeline notebook: a `parameters` cell with placeholder defaults, a run counter, then `body`."
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {stage}"),
+                nbformat.v4.new_code_cell(PARAMS, metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(f"STAGE = {stage!r}" + COUNT),
+                nbformat.v4.new_code_cell(body)]
+    nbformat.write(nb, path)
+    return path
+
+
+def setup(tmp: Path, stages: dict) -> dict:
+    "Write one notebook per stage into `tmp/pipelines`; return the keyword arguments of `reproduce`."
+    (tmp/"pipelines").mkdir(exist_ok=True)
+    registry = []
+    for i, (stage, body) in enumerate(stages.items()):
+        write_nb(tmp/"pipelines"/f"{i:02d}_{stage}.ipynb", stage, body)
+        registry.append((stage, f"{i:02d}_{stage}.ipynb"))
+    return dict(root=tmp/"data", runs=tmp/"runs", pipelines_dir=tmp/"pipelines", registry=registry,
+                log_output=False, progress=False)
+
+
+def count(tmp: Path, stage: str) -> int:
+    f = tmp/"data"/f"{stage}.count"
+    return int(f.read_text()) if f.exists() else 0
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    "One successful two-stage run, shared by the read-only checks below."
+    tmp = tmp_path_factory.mktemp("ok")
+    kw = setup(tmp, {"alpha": ALPHA, "beta": BETA})
+    rc = cli.reproduce("tiny", **kw)
+    return tmp, kw, rc
+
+
+class TestRun:
+    pytestmark = kernel
+
+    def test_parameters_injected(self, ran):
+        tmp, kw, rc = ran
+        assert rc == 0
+        seen = json.loads((tmp/"runs/tiny/alpha/seen.json").read_text())
+        assert seen["preset"] == "tiny"                                   # defaults said "unset"
+        assert seen["data_root"] == str((tmp/"data").resolve())
+        assert seen["out_dir"] == str((tmp/"runs/tiny/alpha").resolve())
+        assert Path(seen["cwd"]).resolve() == (tmp/"pipelines").resolve()  # kernel cwd = pipelines folder
+        assert Path(seen["package"]).resolve() == Path(cli.__file__).resolve().parent/"__init__.py"
+        executed = nbformat.read(tmp/"runs/tiny/alpha/00_alpha.ipynb", as_version=4)
+        assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+
+    def test_report_assembled(self, ran):
+        tmp, kw, rc = ran
+        rep = (tmp/"runs/tiny/report.md").read_text()
+        assert rep.startswith("# condense-nb reproduction: preset `tiny`")
+        assert "| alpha | [00_alpha.ipynb](alpha/00_alpha.ipynb) | done |" in rep
+        assert "| beta | [01_beta.ipynb](beta/01_beta.ipynb) | done |" in rep
+        assert "torch" in rep and "CPUs" in rep
+        assert rep.index("ALPHA FRAGMENT") < rep.index("BETA FRAGMENT")     # registry order
+        assert "| a | 1 |" in rep                                          # fragment tables kept
+        assert "![the plot](alpha/figs/plot.png)" in rep
+        assert '<img src="alpha/figs/plot.png" width=100>' in rep
+        assert "[metrics](beta/metrics.json)" in rep
+        assert "[docs](https://example.org/x.png)" in rep                  # absolute URL untouched
+        for link in ["alpha/figs/plot.png", "beta/metrics.json", "alpha/00_alpha.ipynb"]:
+            assert (tmp/"runs/tiny"/link).exists(), link                   # rewritten links resolve
+
+    def test_done_json(self, ran):
+        tmp, kw, rc = ran
+        done = json.loads((tmp/"runs/tiny/beta/DONE.json").read_text())
+        nb = tmp/"pipelines/01_beta.ipynb"
+        assert done["sha256"] == hashlib.sha256(nb.read_bytes()).hexdigest()
+        assert done["stage"] == "beta" and done["duration_s"] > 0
+        assert done["parameters"]["out_dir"] == str((tmp/"runs/tiny/beta").resolve())
+        assert not list((tmp/"runs/tiny/beta").glob(".*.tmp"))           # atomic write left no temp file
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(120)
+def test_rerun_skips_done_stages(tmp_path, capsys):
+    kw = setup(tmp_path, {"alpha": ALPHA, "beta": BETA})
+    assert cli.reproduce("tiny", **kw) == 0
+    assert (count(tmp_path, "alpha"), count(tmp_path, "beta")) == (1, 1)
+    capsys.readouterr()
+    assert cli.reproduce("tiny", **kw) == 0                               # everything up to date
+    assert (count(tmp_path, "alpha"), count(tmp_path, "beta")) == (1, 1)
+    assert capsys.readouterr().out.count("skipped") == 2
+    assert "| alpha | [00_alpha.ipynb](alpha/00_alpha.ipynb) | cached |" in (tmp_path/"runs/tiny/report.md").read_text()
+    assert cli.reproduce("tiny", only="beta", force=True, **kw) == 0       # --force reruns the one stage asked for
+    assert (count(tmp_path, "alpha"), count(tmp_path, "beta")) == (1, 2)
+    nb = nbformat.read(tmp_path/"pipelines/00_alpha.ipynb", as_version=4)  # edit alpha: it reruns, and beta after it
+    nb.cells.append(nbformat.v4.new_code_cell("x = 1")); nbformat.write(nb, tmp_path/"pipelines/00_alpha.ipynb")
+    assert cli.reproduce("tiny", **kw) == 0
+    assert (count(tmp_path, "alpha"), count(tmp_path, "beta")) == (2, 3)
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(120)
+def test_failing_stage_stops_with_exit_1(tmp_path, capsys):
+    kw = setup(tmp_path, {"alpha": ALPHA, "bad": BAD, "after": BETA})
+    assert cli.reproduce("tiny", **kw) == 1
+    err = capsys.readouterr().err
+    executed = (tmp_path/"runs/tiny/bad/01_bad.ipynb").resolve()
+    assert "stage 'bad' failed" in err and "ValueError: boom from the pipeline" in err
+    assert str(executed) in err and "Traceback" not in err
+    assert "boom from the pipeline" in executed.read_text()                # the traceback is in the executed notebook
+    assert not (tmp_path/"runs/tiny/bad/DONE.json").exists()
+    assert count(tmp_path, "after") == 0 and not (tmp_path/"runs/tiny/after").exists()  # stopped before `after`
+    rep = (tmp_path/"runs/tiny/report.md").read_text()
+    assert "ALPHA FRAGMENT" in rep and "![the plot](alpha/figs/plot.png)" in rep
+    assert "| bad | [01_bad.ipynb](bad/01_bad.ipynb) | failed |" in rep
+    assert "| after | 02_after.ipynb | not run |" in rep and "BETA FRAGMENT" not in rep
+    # fixing the notebook and rerunning resumes at the failed stage
+    write_nb(tmp_path/"pipelines/01_bad.ipynb", "bad", "pass")
+    assert cli.reproduce("tiny", **kw) == 0
+    assert (count(tmp_path, "alpha"), count(tmp_path, "bad"), count(tmp_path, "after")) == (1, 2, 1)
+
+
+def test_main_failing_stage_exit_code(tmp_path, monkeypatch):
+    "`main` turns a failed stage into exit code 1 (the runner is replaced: no kernel)."
+    monkeypatch.setattr(cli, "reproduce", lambda *a, **k: 1)
+    assert cli.main(["reproduce", "--preset", "tiny", "--runs", str(tmp_path)]) == 1
+
+
+def test_unknown_preset_exit_2(tmp_path, capsys):
+    assert cli.main(["reproduce", "--preset", "huge", "--runs", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'huge'" in err and "Traceback" not in err
+    assert cli.main(["data", "--preset", "huge"]) == 2
+    with pytest.raises(cli.UsageError, match="unknown preset 'huge'"): cli.reproduce("huge")
+    assert not list(tmp_path.iterdir())
+
+
+def test_unknown_stage_exit_2(tmp_path, capsys):
+    assert cli.main(["reproduce", "--preset", "tiny", "--runs", str(tmp_path), "--only", "data,nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown stage 'nope'" in err and "data" in err and "Traceback" not in err
+
+
+def test_missing_pipeline_notebook(tmp_path, monkeypatch, capsys):
+    (tmp_path/"pipelines").mkdir()
+    monkeypatch.setattr(cli, "PIPELINES", [("ghost", "99_ghost.ipynb")])
+    monkeypatch.setattr(cli, "find_pipelines_dir", lambda: tmp_path/"pipelines")
+    assert cli.main(["reproduce", "--preset", "tiny", "--runs", str(tmp_path/"runs")]) == 1
+    err = capsys.readouterr().err
+    assert "stage 'ghost'" in err and "99_ghost.ipynb not found" in err and "Traceback" not in err
+
+
+def test_help_exits_0(capsys):
+    assert cli.main(["--help"]) == 0
+    assert "reproduce" in capsys.readouterr().out
+    assert cli.main([]) == 2                                               # a subcommand is required
+
+
+def test_pipelines_dir_is_in_the_repo():
+    assert cli.find_pipelines_dir() == Path(cli.__file__).resolve().parent.parent/"nbs"/"pipelines"
+
+
+def test_data_command_calls_build_preset(tmp_path, monkeypatch, capsys):
+    calls = []
+    fake = types.ModuleType("condense_nb.datasets")
+    fake.PRESETS = {"tiny": None, "small": None, "full": None}
+    fake.build_preset = lambda preset, root, progress: calls.append((preset, root, progress)) or Path(root)/preset
+    monkeypatch.setitem(sys.modules, "condense_nb.datasets", fake)
+    assert cli.main(["data", "--preset", "small", "--root", str(tmp_path)]) == 0
+    assert calls == [("small", str(tmp_path), True)]
+    assert str(tmp_path/"small") in capsys.readouterr().out
+
+
+def test_rewrite_links():
+    md = ("![a](x.png) [b](./sub/y.json) [c](http://h/z.png) [d](#sec) [e](/abs/f.png) ![g](../up.png 'title')\n"
+          "<img src='p.png'> [r]: q.csv\n[ref]: table.csv\n```\n![not](code.png)\n```\n")
+    assert cli.rewrite_links(md, "st") == (
+        "![a](st/x.png) [b](st/sub/y.json) [c](http://h/z.png) [d](#sec) [e](/abs/f.png) ![g](up.png 'title')\n"
+        "<img src='st/p.png'> [r]: q.csv\n[ref]: st/table.csv\n```\n![not](code.png)\n```\n")
+
+
+def test_stage_is_done(tmp_path):
+    nb = tmp_path/"s.ipynb"; nb.write_text("{}")
+    p = {"preset": "tiny"}
+    assert not cli.stage_is_done(tmp_path/"s", nb, p)
+    cli.mark_done(tmp_path/"s", "s", nb, p, 2.0)
+    assert cli.stage_is_done(tmp_path/"s", nb, p)
+    assert not cli.stage_is_done(tmp_path/"s", nb, {"preset": "small"})
+    nb.write_text("{ }")
+    assert not cli.stage_is_done(tmp_path/"s", nb, p)
