@@ -5,7 +5,8 @@ import torch
 import timm
 import safetensors.torch as st
 from timm.layers import resample_abs_pos_embed
-from condense_nb.encoders import DenseEncoder, load_weights, save_encoder, load_encoder, pca_rgb, IMAGENET_MEAN, IMAGENET_STD
+from condense_nb.encoders import DenseEncoder, load_weights, save_encoder, load_encoder, load_teacher, IMAGENET_MEAN, IMAGENET_STD
+from condense_nb.metrics import pca_rgb
 
 TINY = dict(embed_dim=32, depth=2, num_heads=2)        # keeps every model a few hundred kB
 NAME = "vit_tiny_patch16_224"
@@ -210,3 +211,16 @@ def test_pca_rgb_known_answer():
         assert torch.allclose(cols, cols[:1].expand_as(cols), atol=1e-5)
     assert len(torch.unique(out.reshape(-1, 3).round(decimals=4), dim=0)) == 3
     assert torch.isfinite(pca_rgb(torch.ones(1, 8, 3, 3))).all()          # constant features: no NaN
+
+
+def test_load_teacher_offline(tmp_path):
+    import pytest as _pt
+    with _pt.raises(ValueError, match="no shipped teacher for 'nope'"):
+        load_teacher("nope")
+    with _pt.raises(ValueError, match="file not found"):
+        load_teacher(path=tmp_path / "missing.safetensors")
+    enc = DenseEncoder("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3)
+    save_encoder(enc, tmp_path / "t.safetensors", dict(note="x"))
+    back = load_teacher(path=tmp_path / "t.safetensors")
+    x = torch.rand(1, 3, 32, 48)
+    assert torch.equal(back(x), enc(x)) and back.meta == dict(note="x")
