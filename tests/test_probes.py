@@ -302,3 +302,27 @@ def test_input_validation_messages():
         run_probes(rgb_feature_fn(2), splits, 3)
     with pytest.raises(ValueError, match="splits: missing the 'test' split"): run_probes(rgb_feature_fn(2), {"train": 1, "val": 2}, 3)
     with pytest.raises(ValueError, match="rows: expected a non-empty dict"): format_table({})
+
+
+def test_view_pairs_and_run_consistency_aggregation():
+    from condense_nb.probes import view_pairs, run_consistency
+    from condense_nb.metrics import multiview_consistency
+    from condense_nb import scenes, cameras
+    assert view_pairs(6, 1, 10) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+    W, H = 40, 30
+    K = cameras.intrinsics(75, W, H)
+    sc = scenes.make_room(3)
+    Vs = cameras.inroom_path(sc.meta["size"], 4, seed=1)
+    outs = [scenes.render(sc, K, v, W, H, shadows=False) for v in Vs]
+    room = dict(rgb=torch.stack([o["rgb"].permute(2, 0, 1) for o in outs]), depth=torch.stack([o["depth"] for o in outs]),
+                K=K.expand(4, 3, 3), viewmats=Vs)
+    fn = lambda x: F.avg_pool2d(x, 5)
+    res = run_consistency(fn, [room], seeds=(0, 1), gap=1, per_room=3, max_points=100)
+    # independent aggregation: the n-weighted cosine and the mean accuracy over the same pairs
+    feats = fn(room["rgb"])
+    for row in res["per_seed"]:
+        rs = [multiview_consistency(feats[a], feats[b], room["depth"][a], K, Vs[a], room["depth"][b], K, Vs[b],
+                                    max_points=100, generator=torch.Generator().manual_seed(row["seed"])) for a, b in view_pairs(4, 1, 3)]
+        assert abs(row["cos_sim"] - np.average([r["cos_sim"] for r in rs], weights=[r["n"] for r in rs])) < 1e-9
+        assert abs(row["corr_acc"] - np.mean([r["corr_acc"] for r in rs])) < 1e-12
+    assert abs(res["mean"]["corr_acc"] - np.mean([r["corr_acc"] for r in res["per_seed"]])) < 1e-12
