@@ -8,7 +8,7 @@ if str(ROOT) not in sys.path: sys.path.insert(0, str(ROOT))   # import condense_
 os.environ.setdefault("MPLBACKEND", "Agg")                      # no display; figures go to files
 os.environ.setdefault("HF_HUB_OFFLINE", "1")                    # never try to download models
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-_threads = str(max(1, min(8, os.cpu_count() or 1)))             # avoid oversubscribing big CI machines
+_threads = "1"   # one thread per process: on 2 shared cores, 2 threads per op were 2-30x slower (OpenMP spin)
 for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"): os.environ.setdefault(_v, _threads)
 
 
