@@ -4,6 +4,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
 from condense_nb import cli
 
@@ -226,3 +227,22 @@ def test_stage_is_done(tmp_path):
     assert not cli.stage_is_done(tmp_path/"s", nb, {"preset": "small"})
     nb.write_text("{ }")
     assert not cli.stage_is_done(tmp_path/"s", nb, p)
+
+
+def test_ship_teacher_copies_weights_with_provenance(tmp_path):
+    import json
+    from condense_nb.cli import ship_teacher
+    from condense_nb.encoders import DenseEncoder, save_encoder, load_encoder
+    run = tmp_path / "runs" / "tiny"
+    enc = DenseEncoder("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3)
+    save_encoder(enc, run / "teacher" / "teacher.safetensors", dict(steps=3))
+    (run / "probes").mkdir(parents=True)
+    (run / "probes" / "metrics.json").write_text(json.dumps({"probes": {"teacher": {"seg": {"mean": {"mIoU": 0.5}}}}}))
+    dst = ship_teacher("tiny", runs=tmp_path / "runs", assets=tmp_path / "assets")
+    assert dst.name == "teacher_tiny.safetensors" and dst.read_bytes() == (run / "teacher" / "teacher.safetensors").read_bytes()
+    back = load_encoder(dst)
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.equal(back(x), enc(x))
+    assert back.meta["probe_test"]["probes"]["teacher"]["seg"]["mean"]["mIoU"] == 0.5 and "reproduce --preset tiny" in back.meta["command"]
+    with pytest.raises(ValueError, match="file not found"):
+        ship_teacher("small", runs=tmp_path / "runs", assets=tmp_path / "assets")
