@@ -1,0 +1,134 @@
+"""Papermill smoke run of the FiT3D pipeline (`nbs/pipelines/20_fit3d.ipynb`) at preset tiny, on data and a teacher the
+test makes itself: artifacts, the torchrun-sharded Stage 1, resuming, and the 1-epoch = first-epoch-of-2 claim."""
+import json, math, os, subprocess, sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+NB = ROOT/"nbs"/"pipelines"/"20_fit3d.ipynb"
+VARIANTS = ["teacher", "fine-tuned (1 ep)", "concat (1 ep)", "add (1 ep)", "linear fusion (1 ep)", "fine-tuned (2 ep)", "concat (2 ep)"]
+# lighter than the preset's probes and lifting, to keep the test near two minutes; the structure is the same
+PARAMS = dict(preset="tiny", seeds="0,1", epochs=4, lift_iterations=16, threads=1)
+
+pytestmark = pytest.mark.kernel
+
+
+def run_pipeline(tmp: Path, out: Path, **extra):
+    import papermill as pm
+    pm.execute_notebook(str(NB), str(out/"run.ipynb"), parameters=dict(PARAMS, data_root=str(tmp/"data"), out_dir=str(out), **extra),
+                        kernel_name="python3", cwd=str(NB.parent), progress_bar=False)
+
+
+def finite_numbers(obj, where="metrics"):
+    "Every float in a JSON tree (NaN/inf are reported with their path)."
+    if isinstance(obj, dict):
+        for k, v in obj.items(): yield from finite_numbers(v, f"{where}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj): yield from finite_numbers(v, f"{where}[{i}]")
+    elif isinstance(obj, float): yield where, obj
+
+
+@pytest.fixture(scope="module")
+def fit3d(tmp_path_factory):
+    "Tiny data, a tiny teacher beside the run folder (where the pipeline looks by default), and one pipeline run."
+    from condense_nb.datasets import build_preset, RoomViews
+    from condense_nb.teacher import from_preset, train_teacher
+    tmp = tmp_path_factory.mktemp("fit3d")
+    os.environ["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")   # kernels and torchrun import this checkout
+    root = build_preset("tiny", root=tmp/"data", progress=False)
+    views = RoomViews(root, "train")
+    teacher_dir = tmp/"runs"/"teacher"                                   # beside the stage's out_dir, as `reproduce` lays it out
+    train_teacher(torch.stack([views[i]["rgb"] for i in range(len(views))]), from_preset("tiny", steps=6), teacher_dir, progress=False)
+    assert (teacher_dir/"teacher.safetensors").exists()
+    out = tmp/"runs"/"fit3d"; out.mkdir(parents=True)
+    run_pipeline(tmp, out)
+    return tmp, root, out
+
+
+def test_artifacts(fit3d):
+    from condense_nb.datasets import RoomScenes
+    tmp, root, out = fit3d
+    rooms = RoomScenes(root, "train").scene_ids
+    for sid in rooms: assert (out/"gaussians"/f"{sid}.safetensors").is_file(), sid
+    for f in ("report.md", "metrics.json", "stage1.png", "training.png", "pca_views.png", "finetuned_1ep.safetensors",
+              "finetuned_2ep.safetensors", "finetune/ckpt.safetensors", "lift_stage1.py"):
+        assert (out/f).is_file(), f
+    report = (out/"report.md").read_text()
+    for v in VARIANTS: assert f"| {v} |" in report, v
+    assert "paper: ScanNet++ mIoU" in report and "30.19" in report and "66.39" in report
+    assert "Concat beats the teacher on test mIoU and RMSE by more than the seed spread: " in report
+    m = json.loads((out/"metrics.json").read_text())
+    assert m["teacher"] == str((tmp/"runs"/"teacher"/"teacher.safetensors").resolve())   # found beside out_dir, no teacher_path
+    bad = [(k, v) for k, v in finite_numbers(m) if not math.isfinite(v)]
+    assert not bad, bad
+    assert set(m["probes"]) == set(VARIANTS) and m["probes"]["teacher"]["seeds"] == [0, 1]
+    assert m["probes"]["concat (1 ep)"]["feature_shape"][0] == 2 * m["probes"]["teacher"]["feature_shape"][0]
+    assert m["probes"]["linear fusion (1 ep)"]["feature_shape"][0] == m["probes"]["teacher"]["feature_shape"][0]
+    assert sorted(m["lift"]["lifted_this_run"]) == sorted(rooms) and m["lift"]["seconds_per_scene"] > 0
+    assert m["finetune"]["images_per_s"] > 0 and m["finetune"]["steps"] == 2 * m["finetune"]["steps_per_epoch"]
+    # each generated sentence agrees with the numbers it quotes
+    for c in m["comparisons"]:
+        assert c["exceeds_spread"] == (abs(c["a_mean"] - c["b_mean"]) > c["spread"])
+        assert c["text"] in report
+
+
+def test_one_epoch_is_the_first_epoch_of_two(fit3d):
+    "A separate 1-epoch fine-tuning run gives exactly the weights the pipeline saved as its 1-epoch model."
+    from condense_nb.datasets import RoomScenes
+    from condense_nb.encoders import load_encoder
+    from condense_nb.finetune import FinetuneConfig, finetune, trainable_copy
+    from condense_nb.lifting import load_gaussians
+    tmp, root, out = fit3d
+    rooms = RoomScenes(root, "train")
+    scenes = []
+    for i, sid in enumerate(rooms.scene_ids):
+        r = rooms[i]
+        scenes.append((load_gaussians(out/"gaussians"/f"{sid}.safetensors"),
+                       dict(rgb=r["rgb"].permute(0, 2, 3, 1), K=r["K"], viewmat=r["viewmats"])))
+    teacher = load_encoder(tmp/"runs"/"teacher"/"teacher.safetensors")
+    threads = torch.get_num_threads(); torch.set_num_threads(1)          # as the pipeline ran (threads=1): same float sums
+    try: student = finetune(trainable_copy(teacher), scenes, FinetuneConfig.from_preset("tiny", epochs=1))
+    finally: torch.set_num_threads(threads)
+    saved = load_encoder(out/"finetuned_1ep.safetensors")
+    ref = saved.model.state_dict()
+    for k, v in student.model.state_dict().items(): torch.testing.assert_close(v, ref[k], rtol=0, atol=1e-6, msg=k)
+    two = load_encoder(out/"finetuned_2ep.safetensors").model.state_dict()
+    assert any(not torch.equal(two[k], ref[k]) for k in ref)             # and epoch 2 did move the weights
+
+
+def test_torchrun_shards_and_rerun_resumes(fit3d):
+    "Two torchrun ranks re-lift two deleted rooms (one each, identical tensors); a rerun lifts nothing and fine-tunes nothing."
+    from condense_nb.lifting import load_gaussians
+    tmp, root, out = fit3d
+    g = out/"gaussians"
+    files = sorted(g.glob("*.safetensors"))
+    before = {f.name: load_gaussians(f).state_dict() for f in files}
+    gone = [files[0], files[1]]
+    for f in gone: f.unlink()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(out/"lift_stage1.py")],
+                       capture_output=True, text=True, env=env, cwd=str(out), timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert {load_gaussians(f).meta["rank"] for f in gone} == {0, 1}      # round-robin: rooms 0 and 1 go to different ranks
+    for f in gone:
+        for k, v in load_gaussians(f).state_dict().items(): assert torch.equal(v, before[f.name][k]), (f.name, k)
+    mtimes = {f: f.stat().st_mtime_ns for f in g.glob("*.safetensors")}
+    ck = (out/"finetune"/"ckpt.safetensors").stat().st_mtime_ns
+    run_pipeline(tmp, out, seeds="0")
+    m = json.loads((out/"metrics.json").read_text())
+    assert m["lift"]["lifted_this_run"] == [] and m["finetune"]["steps_this_run"] == 0
+    assert {f: f.stat().st_mtime_ns for f in g.glob("*.safetensors")} == mtimes
+    assert (out/"finetune"/"ckpt.safetensors").stat().st_mtime_ns == ck
+    assert m["finetune"]["images_per_s"] > 0                              # kept from the first run's timing
+    report = (out/"report.md").read_text()
+    for v in VARIANTS: assert f"| {v} |" in report, v
+
+
+def test_stale_gaussians_are_refused(fit3d):
+    "Rerunning into the same out_dir with another Stage-1 recipe stops with a clear error instead of mixing Gaussians."
+    import papermill as pm
+    tmp, root, out = fit3d
+    with pytest.raises(pm.PapermillExecutionError, match="lifted with another teacher or LiftConfig"):
+        run_pipeline(tmp, out, lift_iterations=17)
