@@ -150,3 +150,15 @@ def test_detach_density_stops_geometry_gradient():
 def test_bad_input(fn, msg):
     with pytest.raises(ValueError, match=msg):
         fn()
+
+
+def test_volume_render_weights_match_nerfacc():
+    nerfacc = pytest.importorskip("nerfacc", reason="nerfacc not installed (pip install nerfacc)")
+    from nerfacc.volrend import render_weight_from_density
+    g = torch.Generator().manual_seed(3)
+    ts, te = stratified_samples(torch.rand(50, generator=g), 2 + torch.rand(50, generator=g), 40, generator=g)
+    sig = torch.rand(50, 40, generator=g) * 4
+    w_ref, trans_ref, alpha_ref = render_weight_from_density(ts, te, sig)
+    out = volume_render(sig, torch.ones(50, 40, 1), ts, te)
+    assert torch.allclose(out["weights"], w_ref, atol=1e-6)
+    assert torch.allclose(out["opacity"], w_ref.sum(-1), atol=1e-6)
