@@ -3,19 +3,14 @@
 Usage: python bench/bench_pointops.py [--batch 8] [--groups 64] [--k 32] [--device cpu]
 """
 import argparse, time
+import sys
+from pathlib import Path
 import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import best_time
 from condense_nb.pointops import fps, knn, gather_points
 
 
-def timeit(fn, repeat=3):
-    fn()  # warm-up
-    if torch.cuda.is_available(): torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter(); fn()
-        if torch.cuda.is_available(): torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main():
@@ -27,9 +22,9 @@ def main():
     for N in (1024, 2048, 8192):
         x = torch.rand(a.batch, N, 3, device=a.device)
         idx = fps(x, a.groups)
-        t_fps = timeit(lambda: fps(x, a.groups))
+        t_fps = best_time(lambda: fps(x, a.groups))
         c = gather_points(x, idx)
-        t_knn = timeit(lambda: knn(c, x, a.k))
+        t_knn = best_time(lambda: knn(c, x, a.k))
         print(f"N={N:5d}: fps({a.groups}) {1e3 * t_fps:8.2f} ms   knn({a.groups} queries, k={a.k}) {1e3 * t_knn:8.2f} ms   (batch of {a.batch})")
 
 

@@ -6,7 +6,11 @@ nerfacc's dense volume-rendering weights plus `F.grid_sample` (skipped if nerfac
     python bench/bench_raymarch.py [--rays 16384] [--samples 64] [--channels 32] [--res 64] [--threads 1] [--device cpu]
 """
 import argparse, os, time
+import sys
+from pathlib import Path
 import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import best_time
 import torch.nn.functional as F
 from condense_nb.raymarch import ray_aabb, stratified_samples, sample_grid, volume_render
 
@@ -33,15 +37,6 @@ def with_nerfacc(feat, dens, aabb, o, d, S):
     return (w[..., None] * both[..., 1:]).sum(-2)
 
 
-def timeit(fn, reps=3):
-    fn()
-    best = float("inf")
-    for _ in range(reps):
-        if torch.cuda.is_available(): torch.cuda.synchronize()
-        t = time.perf_counter(); fn()
-        if torch.cuda.is_available(): torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main():
@@ -62,13 +57,13 @@ def main():
     print(f"torch {torch.__version__}, device {dev}, threads {torch.get_num_threads()}, load average {load:.1f}; "
           f"{a.rays} rays x {a.samples} samples, {a.channels} channels, {a.res}^3 grid (forward)")
     with torch.no_grad():
-        t = timeit(lambda: ours(feat, dens, aabb, o, d, a.samples))
+        t = best_time(lambda: ours(feat, dens, aabb, o, d, a.samples))
         print(f"condense_nb.raymarch     : {a.rays / t:12,.0f} rays/s  {a.rays * a.samples / t:14,.0f} samples/s  ({1e3 * t:.1f} ms)")
         try:
             import nerfacc
         except ImportError:
             print("nerfacc + F.grid_sample : skipped (pip install nerfacc)"); return
-        t2 = timeit(lambda: with_nerfacc(feat, dens, aabb, o, d, a.samples))
+        t2 = best_time(lambda: with_nerfacc(feat, dens, aabb, o, d, a.samples))
         diff = (ours(feat, dens, aabb, o, d, a.samples) - with_nerfacc(feat, dens, aabb, o, d, a.samples)).abs().max().item()
         print(f"nerfacc {nerfacc.__version__} + grid_sample: {a.rays / t2:12,.0f} rays/s  {a.rays * a.samples / t2:14,.0f} samples/s  "
               f"({1e3 * t2:.1f} ms); ours/nerfacc time {t / t2:.2f}x; max |difference| {diff:.2e}")
