@@ -14,3 +14,15 @@ for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"): os.environ.setdefault(_v, _thr
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "kernel: starts Jupyter kernels through papermill (about a second each)")
+
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    "Every test runs torch single-threaded (the env vars above cover a torch imported after this file; this covers one imported before)."
+    import torch
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

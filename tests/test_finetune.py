@@ -19,11 +19,6 @@ from condense_nb.lifting import FeatureGaussians
 from condense_nb.finetune import (FinetuneConfig, combine, finetune, flip_batch, masked_l1, render_targets, trainable_copy)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_vit(dim=8, seed=0):

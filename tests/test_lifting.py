@@ -28,11 +28,6 @@ from condense_nb.lifting import (FeatureGaussians, GAUSSIAN_PARAMS, LiftConfig, 
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

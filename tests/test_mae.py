@@ -14,12 +14,6 @@ from condense_nb.mae import (MAEConfig, from_preset, PointMAE, MAEEncoder, Point
 from condense_nb.i2pmae import random_mask
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    "Tiny tensors: one thread is faster and immune to a busy machine; restore the setting afterwards."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _clouds(B=2, N=512, seed=0):

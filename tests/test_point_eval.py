@@ -17,11 +17,6 @@ from condense_nb.point_eval import (svm_eval, extract_global_features, finetune_
 from condense_nb.mae import PointMAE, from_preset, global_feature
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _blobs(n, seed, d=16, k=3):

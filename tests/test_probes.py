@@ -15,12 +15,6 @@ from condense_nb.probes import (IGNORE_INDEX, SEG_KEYS, DEPTH_KEYS, SegProbe, De
 from condense_nb.metrics import segmentation_metrics, depth_metrics
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "The probes are many tiny ops; one thread is faster (and far faster on a shared CPU). Restored afterwards."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 K = 5

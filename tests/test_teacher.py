@@ -12,12 +12,6 @@ from condense_nb.teacher import (TeacherConfig, PRESETS, from_preset, random_res
                                  load_checkpoint, param_groups)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    "Tiny tensors: one thread is faster and immune to a busy machine."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def gen(seed=0): return torch.Generator().manual_seed(seed)
