@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="replace an existing --out folder")
     args = ap.parse_args(argv)
     if args.every < 1: raise ValueError(f"--every: expected >= 1, got {args.every}")
-    from condense_nb.realdata import safe_extract, NerfstudioScene
+    from condense_nb.realdata import check_out_dir, safe_extract, NerfstudioScene
 
     with tempfile.TemporaryDirectory(prefix=".scannetpp.") as tmp:
         if args.scene.is_file():                               # an archive: unpack, then copy (links would dangle)
@@ -103,9 +103,7 @@ def main(argv=None) -> int:
         elif args.scene.is_dir(): scene, link = _find_scene(args.scene), args.link
         else: raise ValueError(f"{args.scene}: not found")
         out = args.out or Path("data/scannetpp") / scene.name
-        if out.exists() and any(out.iterdir()):
-            if not args.force: raise ValueError(f"{out}: already exists and is not empty; pass --force to replace it")
-            shutil.rmtree(out)
+        if check_out_dir(out, args.force).exists(): shutil.rmtree(out)
         counts = convert(scene, out, args.transforms, args.images, args.depth_dir, args.split, args.every, link)
 
     ds = NerfstudioScene(out, load_depth=args.depth_dir is not None)

@@ -48,12 +48,9 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-md5", action="store_true", help="do not check the h5 files against the published MD5 sums")
     ap.add_argument("--force", action="store_true", help="replace an existing --out folder")
     args = ap.parse_args(argv)
-    from condense_nb.realdata import download, safe_extract, load_modelnet40_h5
+    from condense_nb.realdata import check_out_dir, download, safe_extract, load_modelnet40_h5
 
-    out: Path = args.out
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise ValueError(f"{out}: already exists and is not empty; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out: Path = check_out_dir(args.out, args.force)
     archive = args.archive or download(args.url, out.parent / "modelnet40_ply_hdf5_2048.zip")
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".modelnet40.") as tmp:
         safe_extract(archive, tmp)

@@ -30,12 +30,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("data/scanobjectnn"), help="folder that will hold main_split/ etc.")
     ap.add_argument("--force", action="store_true", help="replace an existing --out folder")
     args = ap.parse_args(argv)
-    from condense_nb.realdata import safe_extract, load_scanobjectnn_h5, scanobjectnn_path, SCANOBJECTNN_VARIANTS
+    from condense_nb.realdata import check_out_dir, safe_extract, load_scanobjectnn_h5, scanobjectnn_path, SCANOBJECTNN_VARIANTS
 
-    out: Path = args.out
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise ValueError(f"{out}: already exists and is not empty; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out: Path = check_out_dir(args.out, args.force)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".scanobjectnn.") as tmp:
         safe_extract(args.archive, tmp)
         found = sorted(p for p in Path(tmp).rglob("main_split") if p.is_dir() and "__MACOSX" not in p.parts)
