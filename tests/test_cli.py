@@ -118,6 +118,22 @@ class TestRun:
         assert not list((tmp/"runs/tiny/beta").glob(".*.tmp"))           # atomic write left no temp file
 
 
+THREADS = """
+from pathlib import Path
+(Path(out_dir)/"threads.txt").write_text(str(globals().get("threads", "absent")))
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(120)
+def test_threads_reach_the_stage_but_not_done_json(tmp_path):
+    kw = setup(tmp_path, {"gamma": THREADS})
+    assert cli.reproduce("tiny", threads=3, **kw) == 0
+    assert (tmp_path/"runs/tiny/gamma/threads.txt").read_text() == "3"
+    assert "threads" not in json.loads((tmp_path/"runs/tiny/gamma/DONE.json").read_text())["parameters"]
+    assert cli.reproduce("tiny", **kw) == 0 and count(tmp_path, "gamma") == 1   # other threads: still up to date
+
+
 @pytest.mark.kernel
 @pytest.mark.timeout(120)
 def test_rerun_skips_done_stages(tmp_path, capsys):

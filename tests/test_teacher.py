@@ -9,7 +9,7 @@ from condense_nb.teacher import (TeacherConfig, PRESETS, from_preset, random_res
                                  gaussian_blur, solarize, multi_crop, toy_images, DinoNet, DinoState, vit_tokens,
                                  random_patch_masks, softmax_ce, dino_loss, ibot_loss, update_center, cosine_schedule,
                                  ema_update, schedules, train_step, train_teacher, batch_indices, as_image_dataset,
-                                 load_checkpoint, param_groups)
+                                 load_checkpoint, param_groups, DinoHead)
 
 
 
@@ -204,6 +204,26 @@ def test_train_accepts_datasets_of_tuples_and_dicts(tmp_path):
     c = train_teacher(imgs, cfg, tmp_path / "c", progress=False)
     x = imgs[:2]
     assert torch.equal(a(x), c(x)) and torch.equal(b(x), c(x))
+
+
+def test_bf16_autocast_keeps_scores_float32_and_matches_fp32():
+    torch.manual_seed(0)
+    head, x = DinoHead(16, 32, 16, 8), torch.randn(5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16): s16 = head(x)
+    s32 = head(x)
+    assert s16.dtype == torch.float32 and s16.abs().max() <= 1 + 1e-6        # cosine scores, computed in float32
+    assert (s16 - s32).abs().max() < 0.05                                  # only the MLP ran in bfloat16
+    losses = {}
+    for prec in ("fp32", "bf16"):                                          # the same step from the same weights
+        torch.manual_seed(0)
+        cfg = from_preset("tiny", precision=prec)
+        state = DinoState(cfg); opt = torch.optim.AdamW(param_groups(state.student), lr=cfg.lr)
+        losses[prec] = train_step(state, opt, toy_images(8, 64), cfg, 0)["loss"]
+    assert math.isfinite(losses["bf16"]) and abs(losses["bf16"] - losses["fp32"]) < 0.02 * abs(losses["fp32"])
+    cfg = from_preset("tiny", precision="fp16")
+    state = DinoState(cfg)
+    with pytest.raises(ValueError, match="precision: unknown value 'fp16'"):
+        train_step(state, torch.optim.AdamW(param_groups(state.student)), toy_images(8, 64), cfg, 0)
 
 
 # ---------------------------------------------------------------- training, checkpoints, resume
