@@ -136,6 +136,22 @@ def test_threads_reach_the_stage_but_not_done_json(tmp_path):
 
 @pytest.mark.kernel
 @pytest.mark.timeout(120)
+def test_depends_limit_staleness_to_what_a_stage_reads(tmp_path):
+    kw = setup(tmp_path, {"alpha": ALPHA, "beta": BETA, "gamma": THREADS})
+    kw["depends"] = dict(beta=("alpha",), gamma=("alpha",))                  # beta and gamma are independent
+    assert cli.reproduce("tiny", **kw) == 0
+    assert cli.reproduce("tiny", only="beta", force=True, **kw) == 0        # beta reruns after gamma finished
+    assert cli.reproduce("tiny", **kw) == 0
+    assert [count(tmp_path, s) for s in ("alpha", "beta", "gamma")] == [1, 2, 1]   # gamma is not stale
+    assert cli.reproduce("tiny", only="alpha", force=True, **kw) == 0
+    assert cli.reproduce("tiny", **kw) == 0
+    assert [count(tmp_path, s) for s in ("alpha", "beta", "gamma")] == [2, 3, 2]   # both read alpha: both rerun
+    assert set(cli.DEPENDS) <= {s for s, _ in cli.PIPELINES}
+    assert all(set(d) <= {s for s, _ in cli.PIPELINES[:i]} for i, (s, _) in enumerate(cli.PIPELINES) for d in [cli.DEPENDS.get(s, ())])
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(120)
 def test_rerun_skips_done_stages(tmp_path, capsys):
     kw = setup(tmp_path, {"alpha": ALPHA, "beta": BETA})
     assert cli.reproduce("tiny", **kw) == 0
