@@ -224,3 +224,15 @@ def test_load_teacher_offline(tmp_path):
     back = load_teacher(path=tmp_path / "t.safetensors")
     x = torch.rand(1, 3, 32, 48)
     assert torch.equal(back(x), enc(x)) and back.meta == dict(note="x")
+
+
+def test_shipped_small_teacher_loads_offline_with_its_provenance():
+    t = load_teacher()                                                     # preset "small", from condense_nb/assets
+    assert (t.embed_dim, t.patch_size) == (192, 8) and not any(p.requires_grad for p in t.parameters())
+    assert t(torch.rand(2, 3, 96, 128)).shape == (2, 192, 12, 16)
+    m = t.meta
+    assert m["command"].startswith("condense-nb reproduce --preset small") and m["training"]["steps"] == m["teacher_config"]["steps"]
+    rows = m["probe_test"]["probes"]                                     # its probe numbers travel with it
+    assert {"RGB pixels", "random-init ViT", "teacher"} <= set(rows)
+    assert rows["teacher"]["seg"]["mean"]["mIoU"] > rows["random-init ViT"]["seg"]["mean"]["mIoU"]
+    assert rows["teacher"]["depth"]["mean"]["rmse"] < rows["random-init ViT"]["depth"]["mean"]["rmse"]
