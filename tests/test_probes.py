@@ -191,9 +191,47 @@ def test_run_probes_never_passes_test_data_to_fitting(monkeypatch):
     test_calls = [i for i, e in enumerate(events) if e == ("features", True)]
     assert len(fits) == 4 and test_calls and max(fits) < min(test_calls)      # every fit before test is seen
     # reported test metrics are those of the returned heads on the test split
+    # (the heads see features whitened with train statistics only: an independent NumPy whitening of the test features)
+    tr = F.avg_pool2d(imgs["train"], 4).permute(0, 2, 3, 1).reshape(-1, 3).double().numpy()
+    lam, V = np.linalg.eigh(np.cov(tr.T, bias=True)); lam = lam.clip(0)
+    Wn = V @ np.diag(1 / np.sqrt(lam + out["whiten"] * lam.mean())) @ V.T
+    test_white = torch.einsum("nchw,kc->nkhw", test_feats - torch.tensor(tr.mean(0)).float().view(1, -1, 1, 1), torch.tensor(Wn).float())
     for row, heads in zip(out["seg"]["per_seed"], out["probes"]):
-        ref = segmentation_metrics(predict_seg(heads["seg"], test_feats, (16, 16)), seg_labels(sem["test"], 3), 3)
+        ref = segmentation_metrics(predict_seg(heads["seg"], test_white, (16, 16)), seg_labels(sem["test"], 3), 3)
         assert {k: row[k] for k in SEG_KEYS} == pytest.approx(ref)
+
+
+def test_whitening_matches_numpy_and_shrinks_each_direction():
+    g = torch.Generator().manual_seed(1)
+    mix = torch.randn(5, 5, generator=g) @ torch.diag(torch.tensor([5., 2., 1., .1, .01]))
+    feats = torch.einsum("ck,nkhw->nchw", mix, torch.randn(40, 5, 3, 4, generator=g)) + 3.0
+    X = feats.permute(0, 2, 3, 1).reshape(-1, 5).double().numpy()
+    lam, V = np.linalg.eigh(np.cov(X.T, bias=True))
+    for shrink in (1e-8, 0.1, 1.0):
+        mu, W = probes.fit_whitening(feats, shrink)
+        ref = V @ np.diag(1 / np.sqrt(lam.clip(0) + shrink * lam.clip(0).mean())) @ V.T
+        np.testing.assert_allclose(mu.numpy(), X.mean(0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(W.numpy(), ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+        Y = probes.apply_whitening(feats, mu, W).permute(0, 2, 3, 1).reshape(-1, 5).double().numpy()
+        # in the covariance's eigenbasis, direction i keeps the variance λ_i / (λ_i + ε)
+        cov_eig = V.T @ np.cov(Y.T, bias=True) @ V
+        np.testing.assert_allclose(np.diag(cov_eig), lam / (lam + shrink * lam.mean()), atol=2e-3)
+    with pytest.raises(ValueError, match="shrink: expected a positive number"): probes.fit_whitening(feats, -1.0)
+    with pytest.raises(ValueError, match="whitening was fitted on 5"): probes.apply_whitening(feats[:, :4], mu, W)
+
+
+def test_whitening_rescues_an_ill_conditioned_copy_of_good_features():
+    "The same information, badly conditioned: without whitening a short probe falls short; with it, it does not."
+    trf, trl = onehot_split(12, 0); vaf, val_ = onehot_split(6, 1); tef, tel = onehot_split(6, 2)
+    Q = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(5)))[0]
+    M = Q @ torch.diag(torch.logspace(0, -3, 8))
+    mix = lambda f: torch.einsum("ck,nkhw->nchw", M, f) + 4.0
+    splits = {"train": (None, trl, None), "val": (None, val_, None), "test": (None, tel, None)}
+    feats = {"train": mix(trf), "val": mix(vaf), "test": mix(tef)}
+    kw = dict(seeds=(0,), depth=False, features=feats, seg_kwargs=dict(epochs=3, lrs=(1e-2,)))
+    raw, white = run_probes(None, splits, K, whiten=None, **kw), run_probes(None, splits, K, whiten=1e-3, **kw)
+    assert raw["whiten"] is None and white["whiten"] == 1e-3
+    assert white["seg"]["mean"]["mIoU"] > raw["seg"]["mean"]["mIoU"] + 0.2
 
 
 # ----------------------------------------------------------------------------- seeds, summary, table
