@@ -12,7 +12,7 @@ import argparse, time
 from pathlib import Path
 import torch
 from condense_nb.datasets import build_preset, RoomViews
-from condense_nb.probes import load_features, run_probes, seg_labels
+from condense_nb.probes import load_features, run_probes, seg_labels, token_moments
 from condense_nb.scenes import CLASSES
 
 
@@ -52,9 +52,8 @@ def main():
     print(f"{'features':16s} {'shrink':>6s} | {'val mIoU':>8s} {'val RMSE':>8s} | {'test mIoU':>9s} {'test RMSE':>9s} | seconds")
     for name in a.names.split(","):
         F_ = {s: feats(name, s) for s in ("train", "val", "test")}
-        X = F_["train"].permute(0, 2, 3, 1).reshape(-1, F_["train"].shape[1]).double()
-        lam = torch.linalg.eigvalsh(torch.cov(X.T, correction=0)).clamp_min(0)
-        print(f"{name}: {X.shape[1]} channels; train-token covariance: effective rank (Σλ)²/Σλ² = {float(lam.sum() ** 2 / (lam ** 2).sum()):.1f}, "
+        lam = torch.linalg.eigvalsh(token_moments(F_["train"])[1]).clamp_min(0)
+        print(f"{name}: {len(lam)} channels; train-token covariance: effective rank (Σλ)²/Σλ² = {float(lam.sum() ** 2 / (lam ** 2).sum()):.1f}, "
               f"top-10 directions hold {100 * float(lam.flip(0)[:10].sum() / lam.sum()):.1f} % of the variance", flush=True)
         for sh in a.shrinks.split(","):
             t0 = time.time()
