@@ -69,9 +69,15 @@ def test_artifacts(fit3d):
     assert sorted(m["lift"]["lifted_this_run"]) == sorted(rooms) and m["lift"]["seconds_per_scene"] > 0
     assert m["finetune"]["images_per_s"] > 0 and m["finetune"]["steps"] == 2 * m["finetune"]["steps_per_epoch"]
     # each generated sentence agrees with the numbers it quotes
-    for c in m["comparisons"]:
+    for c in m["comparisons"] + m["positional"]["comparisons"]:
         assert c["exceeds_spread"] == (abs(c["a_mean"] - c["b_mean"]) > c["spread"])
         assert c["text"] in report
+    # the layout-prior protocol: position-only row (hw one-hot channels), heads with a [K, h, w] position bias
+    pos = m["positional"]["probes"]
+    assert set(pos) == {"position only", "teacher", "fine-tuned (1 ep)", "concat (1 ep)"}
+    h, w = m["probes"]["teacher"]["feature_shape"][1:]
+    assert pos["position only"]["feature_shape"][0] == h * w and pos["concat (1 ep)"]["feature_shape"] == m["probes"]["concat (1 ep)"]["feature_shape"]
+    assert "With heads that know the layout, concat beats the teacher" in report and "| position only |" in report
 
 
 def test_one_epoch_is_the_first_epoch_of_two(fit3d):

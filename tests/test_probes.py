@@ -122,6 +122,39 @@ def test_depth_probe_reads_log_depth():
     assert eval_depth_probe(nprobe, tef[:, 1:], ted)["abs_rel"] > 0.3
 
 
+def layout_split(n, seed, h=4, w=6, up=4, C=3):
+    "Noise features on an h×w token grid; log-depth is a fixed layout (a ramp over rows and columns) plus noise, upsampled."
+    g = torch.Generator().manual_seed(seed)
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    log_layout = (0.4 * rows - 0.1 * cols).float()                               # [h, w], the same for every image
+    up_ = lambda t: F.interpolate(t[:, None], scale_factor=up, mode="bilinear", align_corners=False)[:, 0]
+    depth = up_(log_layout + 0.05 * torch.randn(n, h, w, generator=g)).exp()     # [n, h*up, w*up]
+    return torch.randn(n, C, h, w, generator=g), depth, up_(log_layout[None])[0].exp()
+
+
+@pytest.mark.parametrize("head", ["log", "bins"])
+def test_position_bias_learns_the_layout_prior_that_noise_features_cannot_give(head):
+    (trf, trd, lay), (vaf, vad, _), (tef, ted, _) = layout_split(16, 0), layout_split(8, 1), layout_split(8, 2)
+    kw = dict(head=head, lrs=(1e-1,), epochs=30)
+    probe, _ = fit_depth_probe(trf, trd, vaf, vad, positional=True, **kw)
+    assert probe.pos.shape[-2:] == (4, 6)
+    # independent truth: the best prediction that ignores the (noise) features is the layout itself
+    best = depth_metrics(lay.expand_as(ted), ted, torch.isfinite(ted))
+    got = eval_depth_probe(probe, tef, ted)
+    assert got["rmse"] < best["rmse"] * 1.5 and got["delta1"] > 0.95
+    plain, _ = fit_depth_probe(trf, trd, vaf, vad, **kw)
+    assert eval_depth_probe(plain, tef, ted)["rmse"] > 3 * got["rmse"]
+
+
+def test_positional_probes_reject_another_token_grid():
+    (trf, trd, _), (vaf, vad, _) = layout_split(4, 0), layout_split(4, 1, h=5)
+    with pytest.raises(ValueError, match="positional probes need the train token grid"):
+        fit_depth_probe(trf, trd, vaf, vad, positional=True, epochs=1)
+    probe, _ = fit_depth_probe(trf, trd, trf, trd, positional=True, epochs=1, lrs=(1e-2,))
+    with pytest.raises(ValueError, match=r"position bias is for \(4, 6\)"):
+        eval_depth_probe(probe, vaf, vad)
+
+
 def test_bins_head_predicts_inside_its_range_and_learns():
     (trf, trd), (vaf, vad) = logdepth_split(6, 0, H=8, W=8), logdepth_split(4, 1, H=8, W=8)
     probe, hist = fit_depth_probe(trf, trd, vaf, vad, head="bins", n_bins=32, lrs=(1e-1,), epochs=15)
