@@ -66,6 +66,9 @@ def test_condense_pipeline_writes_artifacts(tiny_run):
               "| ConDense decorated key points |", "| baseline: mean-pooled teacher |", "| chance |"):
         assert s in report, s
     assert "holds**" in report                                       # each comparison is stated as holding or not
+    od = m["seg3d_oracle_diagnostic"]                                # the oracle-target diagnostic ran, fine-tuned and frozen
+    assert od["at_labels"] == 0.1 and all(len(od[k]["per_seed"]) == 3 and all(0 <= x <= 1 for x in od[k]["per_seed"]) for k in ("fine-tuned", "frozen"))
+    assert "Oracle check (a diagnostic" in report and (out / "pretrain" / "oracle" / "ckpt.pt").exists()
     for fig in ("training.png", "queries.png", "keypoints.png", "pca.png", "duplicates.png"):
         assert (out / fig).stat().st_size > 1000 and f"]({fig})" in report
     # artifacts others can load: the ConDense 2D encoder and the 3D encoder
@@ -86,4 +89,5 @@ def test_condense_pipeline_rerun_resumes(tiny_run):
     after = json.loads((out / "metrics.json").read_text())
     assert {p: p.stat().st_mtime for p in stamps} == stamps          # no checkpoint or fine-tuning run was redone
     assert after["seg3d"] == before["seg3d"] and after["lam_fid"] == before["lam_fid"]
+    assert after["seg3d_oracle_diagnostic"] == before["seg3d_oracle_diagnostic"]
     assert after["image_to_scene"] == before["image_to_scene"]     # the resumed models give the same queries
