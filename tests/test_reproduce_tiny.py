@@ -34,6 +34,11 @@ def test_reproduce_tiny_writes_every_stage(tiny_run):
         for m in ("rmse", "abs_rel", "delta1"): assert math.isfinite(probes["probes"][row]["depth"]["mean"][m])
         assert -1 <= probes["consistency"][row]["mean"]["cos_sim"] <= 1
     assert probes["teacher"].endswith("teacher.safetensors")       # the run's own teacher, not the shipped one
+    pos = probes["positional"]["probes"]                            # the layout-prior baseline and the heads with a position bias
+    assert set(pos) == {"position only", "RGB pixels", "random-init ViT", "teacher"}
+    h, w = probes["probes"]["teacher"]["feature_shape"][1:]
+    assert pos["position only"]["feature_shape"] == [h * w, h, w] and pos["RGB pixels"]["feature_shape"][1:] == [h, w]
+    assert "| position only |" in (run / "probes" / "report.md").read_text()
     for fig in ("data/views.png", "teacher/loss.png", "teacher/pca.png", "probes/predictions.png"):
         assert (run / fig).stat().st_size > 1000
 
