@@ -66,6 +66,7 @@ def test_condense_pipeline_writes_artifacts(tiny_run):
               "| ConDense decorated key points |", "| baseline: mean-pooled teacher |", "| chance |"):
         assert s in report, s
     assert "holds**" in report                                       # each comparison is stated as holding or not
+    assert set(m["probes_positional"]) == set(m["probes"]) and "bias per token position" in report
     od = m["seg3d_oracle_diagnostic"]                                # the oracle-target diagnostic ran, fine-tuned and frozen
     assert od["at_labels"] == 0.1 and all(len(od[k]["per_seed"]) == 3 and all(0 <= x <= 1 for x in od[k]["per_seed"]) for k in ("fine-tuned", "frozen"))
     assert "Oracle check (a diagnostic" in report and (out / "pretrain" / "oracle" / "ckpt.pt").exists()
