@@ -276,6 +276,16 @@ def _cmd_data(args) -> int:
     _say(f"dataset {args.preset!r} ready in {path}")
     return 0
 
+def _cmd_pool(args) -> int:
+    pool = importlib.import_module("condense_nb.pool")
+    cfg = pool.PoolConfig.from_preset(args.preset)
+    t0 = time.time()
+    path = pool.build_pool(cfg, root=args.root, workers=args.workers, progress=True)
+    info = json.loads((path/"pool.json").read_text())
+    _say(f"pool {cfg.name!r} ready in {path}: {info['rooms']} rooms, {info['views']} views, {info['bytes'] / 1e6:.0f} MB; "
+         f"this run {fmt_duration(time.time() - t0)}, {info['shard_seconds']:.0f} s of rendering over all runs")
+    return 0
+
 def _cmd_reproduce(args) -> int:
     _papermill_logging()
     return reproduce(args.preset, root=args.root, runs=args.runs, only=args.only, force=args.force, threads=args.threads)
@@ -292,12 +302,20 @@ def build_parser() -> argparse.ArgumentParser:
     "The `condense-nb` argument parser with its `data` and `reproduce` subcommands."
     p = argparse.ArgumentParser(prog="condense-nb", description="Build the synthetic datasets and reproduce the "
                                 "ConDense / FiT3D / I2P-MAE experiments of condense-nb.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{data,reproduce,ship-teacher}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{data,pool,reproduce,ship-teacher}")
     d = sub.add_parser("data", help="build the synthetic datasets of a preset (resumable)",
                        description="Build the SynthRooms/SynthShapes datasets of a preset into ROOT/PRESET/ (resumable).")
     d.add_argument("--preset", required=True, choices=PRESETS, help="dataset size: tiny (CI), small (CPU), full (GPU)")
     d.add_argument("--root", default="data", help="datasets folder (default: data)")
     d.set_defaults(func=_cmd_data)
+    q = sub.add_parser("pool", help="render the unlabelled pre-training pool of a preset (parallel, resumable)",
+                       description="Render the unlabelled SynthRooms pool of a preset (rooms no split uses; RGB, depth, cameras) "
+                       "into ROOT/pool_PRESET/, shard by shard with WORKERS processes; a rerun finishes an interrupted build.")
+    q.add_argument("--preset", required=True, choices=PRESETS, help="pool size: tiny (16 rooms), small (2,000), full (20,000)")
+    q.add_argument("--root", default="data", help="datasets folder (default: data)")
+    q.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)), metavar="N",
+                   help="rendering processes (default: the number of CPUs, at most 8)")
+    q.set_defaults(func=_cmd_pool)
     r = sub.add_parser("reproduce", help="run the pipeline notebooks and write RUNS/PRESET/report.md",
                        description="Run the pipeline notebooks (nbs/pipelines/) in order with papermill, then "
                        "assemble RUNS/PRESET/report.md. Finished stages are skipped on a rerun unless --force. "

@@ -253,14 +253,14 @@ def predict_seg(probe: SegProbe, feats: Tensor, size, batch_size: int = 64) -> T
     return torch.cat([probe(feats[i:i + batch_size].to(dev), size).max(1).indices.cpu() for i in range(0, len(feats), batch_size)])
 
 def eval_seg_probe(probe: SegProbe, feats, labels, num_classes: int, batch_size: int = 64) -> dict:  # feats [N, C, h, w], labels [N, H, W]
-    "mmseg mIoU, mAcc, aAcc (fractions) of `probe` over a whole split, accumulated in one `SegMetric`."
+    "mmseg mIoU, mAcc, aAcc (fractions) of `probe` over a whole split, accumulated in one `SegMetric`, and the IoU of each class (None: absent)."
     feats, labels = _seg_pair(feats, labels, num_classes, "feats", "labels")
     if feats.shape[1] != probe.in_channels:
         raise ValueError(f"feats: expected {probe.in_channels} channels (the probe's), got {feats.shape[1]}")
     m = SegMetric(num_classes, IGNORE_INDEX)
     for i in range(0, len(feats), batch_size):
         m.update(predict_seg(probe, feats[i:i + batch_size], labels.shape[-2:], batch_size), labels[i:i + batch_size])
-    return m.compute()
+    return dict(m.compute(), IoU_per_class=[None if v != v else v for v in m.per_class()["IoU"].tolist()])
 
 # %% ../nbs/13_probes.ipynb #f7a58b03
 def _check_lrs(lrs) -> tuple:
