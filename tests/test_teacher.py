@@ -298,3 +298,30 @@ def test_optimizer_state_is_loaded_weights_only(tmp_path):
     state = DinoState(cfg); opt = torch.optim.AdamW(param_groups(state.student))
     with pytest.raises(ValueError, match="could not restore"): load_checkpoint(tmp_path, state, opt, cfg)
     assert _RAN == []
+
+
+def test_precision_auto_uses_bf16_only_where_it_is_fast(monkeypatch):
+    from condense_nb.teacher import autocast_bf16
+    cpu = torch.device("cpu")
+    assert autocast_bf16("bf16", cpu) and not autocast_bf16("fp32", cpu)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not autocast_bf16("auto", cpu)                                   # emulated bf16: ~12x slower on AVX2
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert autocast_bf16("auto", cpu) and autocast_bf16("auto", torch.device("cuda"))
+    with pytest.raises(ValueError, match="precision"):
+        autocast_bf16("half", cpu)
+
+
+def test_dense_term_pairs_each_crop_with_the_other_global_crops():
+    from condense_nb.teacher import _dense_term, dense_loss, token_grid
+    g = torch.Generator().manual_seed(0)
+    B, K, h = 2, 6, 4
+    gbox = torch.tensor([[0.6, 0.1, 0.6, 0.0]] * B + [[0.5, -0.2, 0.5, 0.1]] * B)
+    lbox = torch.tensor([[0.3, 0.0, 0.3, 0.05]] * B)
+    s_glob, s_loc = torch.randn(2 * B, K, h, h, generator=g), torch.randn(B, K, 2, 2, generator=g)
+    t_probs = torch.rand(2 * B, K, h, h, generator=g).softmax(1)
+    parts = [dense_loss(s_glob[:B], t_probs[B:], token_grid(gbox[:B], gbox[B:], h, h), 0.1),    # global 0 -> teacher global 1
+             dense_loss(s_glob[B:], t_probs[:B], token_grid(gbox[B:], gbox[:B], h, h), 0.1),    # global 1 -> teacher global 0
+             dense_loss(s_loc, t_probs[:B], token_grid(lbox, gbox[:B], 2, 2), 0.1),             # the local crop -> both
+             dense_loss(s_loc, t_probs[B:], token_grid(lbox, gbox[B:], 2, 2), 0.1)]
+    assert torch.allclose(_dense_term(s_glob, s_loc, t_probs, gbox, lbox, 0.1), torch.stack(parts).mean())
