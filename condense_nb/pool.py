@@ -92,7 +92,7 @@ def build_shard(cfg: PoolConfig, k: int, root) -> dict:
         vms.append(viewmats.float())
     R, V = len(seeds), cfg.views_per_room
     data = _st_bytes(dict(rgb=torch.stack(rgb), depth=torch.stack(depth), K=K.float().expand(R, V, 3, 3), viewmats=torch.stack(vms)),
-                     dict(shard=str(k), seeds=json.dumps(seeds)))
+                     dict(shard=json.dumps(dict(shard=k, seeds=seeds))))      # one key: safetensors writes metadata in hash order
     st_path, js_path = shard_paths(root, k)
     atomic_write_bytes(st_path, data)
     rec = dict(shard=k, seeds=seeds, rooms=R, views=R * V, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
