@@ -54,18 +54,19 @@ class TeacherConfig:
     head_bottleneck: int = 128
     # loss
     student_temp: float = 0.1
-    teacher_temp: float = 0.07
+    teacher_temp: float = 0.04
     warmup_teacher_temp: float = 0.04
-    teacher_temp_warmup_steps: int = 300
+    teacher_temp_warmup_steps: int = 0
     center_momentum: float = 0.9
     dino_weight: float = 1.0                # image level: [CLS] across views
-    ibot_weight: float = 0.0                # masked patches, same crop (iBOT)
-    dense_weight: float = 1.0               # every patch, the same scene location in the other crops (location-aware)
-    patch_targets: str = "sinkhorn"         # teacher patch targets: 'center' (EMA centring, iBOT) or 'sinkhorn' (Sinkhorn-Knopp, DINOv2)
+    ibot_weight: float = 1.0                # masked patches, same crop (iBOT)
+    dense_weight: float = 0.0               # every patch, the same scene location in the other crops (location-aware)
+    dense_start: int = 0                    # the dense term is off before this step, then ramps up over `warmup_steps`
+    patch_targets: str = "center"           # dense targets: 'center' (EMA, iBOT), 'sinkhorn' (DINOv2), 'image' (each image's mean removed): 'center' (EMA centring, iBOT) or 'sinkhorn' (Sinkhorn-Knopp, DINOv2)
     mask_prob: float = 0.5                  # fraction of global crops that get masked at all
     mask_ratio: tuple = (0.1, 0.5)          # fraction of patches masked in those
     # optimisation
-    steps: int = 1200
+    steps: int = 1000
     batch_size: int = 32
     lr: float = 5e-4
     min_lr: float = 1e-5
@@ -91,7 +92,7 @@ class TeacherConfig:
 
 PRESETS = dict(
     tiny=dict(embed_dim=48, depth=2, num_heads=3, drop_path_rate=0.0, global_size=32, local_size=16, n_local=2, out_dim=256,
-              head_hidden=128, head_bottleneck=64, teacher_temp_warmup_steps=5, steps=20, batch_size=8, lr=1e-3, warmup_steps=2,
+              head_hidden=128, head_bottleneck=64, dense_weight=1.0, patch_targets="sinkhorn", steps=20, batch_size=8, lr=1e-3, warmup_steps=2,
               freeze_last_layer_steps=0, ckpt_every=10, log_every=1, num_threads=1, precision="fp32"),
     small=dict(),
     full=dict(arch="vit_small_patch14_dinov2", patch_size=14, embed_dim=384, depth=12, num_heads=6, drop_path_rate=0.1,
@@ -359,8 +360,9 @@ def param_groups(net: nn.Module) -> list[dict]:
     return [dict(params=[p for p in ps if p.ndim >= 2]), dict(params=[p for p in ps if p.ndim < 2], wd_free=True)]
 
 def schedules(cfg: TeacherConfig, step: int) -> dict:
-    "Learning rate, weight decay, EMA momentum and teacher temperature at `step`."
-    return dict(lr=cosine_schedule(step, cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup_steps),
+    "Learning rate, weight decay, EMA momentum, teacher temperature and the dense term's weight at `step`."
+    ramp = min(1.0, max(0.0, (step - cfg.dense_start + 1) / max(1, cfg.warmup_steps))) if step >= cfg.dense_start else 0.0
+    return dict(lr=cosine_schedule(step, cfg.steps, cfg.lr, cfg.min_lr, cfg.warmup_steps), dense_weight=cfg.dense_weight * ramp,
                 wd=cosine_schedule(step, cfg.steps, *cfg.weight_decay),
                 momentum=cosine_schedule(step, cfg.steps, *cfg.momentum),
                 teacher_temp=cosine_schedule(step, cfg.teacher_temp_warmup_steps or 1, cfg.teacher_temp, cfg.teacher_temp,
@@ -383,9 +385,13 @@ def autocast_bf16(precision: str, device: torch.device) -> bool:
     if p != "auto": return p == "bf16"
     return device.type == "cuda" or (device.type == "cpu" and torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
 
-def _patch_targets(t_logits: Tensor, state: DinoState, cfg: TeacherConfig, temp: float) -> Tensor:  # [M, K] -> [M, K]
-    "The teacher's patch targets: Sinkhorn-Knopp, or softmax of the centred, sharpened logits."
-    if check_choice(cfg.patch_targets, "patch_targets", ("center", "sinkhorn")) == "sinkhorn": return sinkhorn_knopp(t_logits, temp)
+def _patch_targets(t_logits: Tensor, state: DinoState, cfg: TeacherConfig, temp: float, n_img: int) -> Tensor:  # [n*hw, K] -> [n*hw, K]
+    "The teacher's dense patch targets: Sinkhorn-Knopp, softmax of the logits centred by a moving mean ('center') or by each image's own mean ('image')."
+    kind = check_choice(cfg.patch_targets, "patch_targets", ("center", "sinkhorn", "image"))
+    if kind == "sinkhorn": return sinkhorn_knopp(t_logits, temp)
+    if kind == "image":                                              # remove what every patch of the image shares
+        per = t_logits.view(n_img, -1, t_logits.shape[-1])
+        return F.softmax((per - per.mean(1, keepdim=True)) / temp, dim=-1).view_as(t_logits)
     return F.softmax((t_logits - state.patch_center) / temp, dim=-1)
 
 def _dense_term(s_glob: Tensor, s_loc: Tensor, t_probs: Tensor, gbox: Tensor, lbox: Tensor, s_temp: float) -> Tensor:
@@ -410,7 +416,7 @@ def train_step(state: DinoState, opt: torch.optim.Optimizer, images: Tensor, cfg
     glob, loc, gbox, lbox = multi_crop(images, cfg, g, return_boxes=True)  # [2B,3,G,G], [LB,3,L,L], [2B,4], [LB,4]
     hg, hl = cfg.global_size // cfg.patch_size, cfg.local_size // cfg.patch_size
     mask = random_patch_masks(2 * B, hg, hg, g, cfg.mask_prob, cfg.mask_ratio).to(images.device)  # [2B,h,w]
-    P, dense, temp = state.student.encoder.num_prefix_tokens, cfg.dense_weight > 0, sch["teacher_temp"]
+    P, dense, temp = state.student.encoder.num_prefix_tokens, sch["dense_weight"] > 0, sch["teacher_temp"]
     state.student.train(); state.teacher.eval()                          # the teacher never uses stochastic depth
     amp = torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=autocast_bf16(cfg.precision, images.device))
     with torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else []), amp:
@@ -437,10 +443,10 @@ def train_step(state: DinoState, opt: torch.optim.Optimizer, images: Tensor, cfg
     l_dino = dino_loss(s_cls, t_cls, state.center, temp, cfg.student_temp)
     l_ibot = ibot_loss(s_patch, t_patch, img_of, 2 * B, state.patch_center, temp, cfg.student_temp) if cfg.ibot_weight else zero
     if dense:
-        t_probs = _maps(_patch_targets(t_all, state, cfg, temp), 2 * B, hg, hg)
+        t_probs = _maps(_patch_targets(t_all, state, cfg, temp, 2 * B), 2 * B, hg, hg)
         l_dense = _dense_term(s_glob, s_loc, t_probs, gbox.to(images.device), lbox.to(images.device), cfg.student_temp)
     else: l_dense = zero
-    loss = cfg.dino_weight * l_dino + cfg.ibot_weight * l_ibot + cfg.dense_weight * l_dense
+    loss = cfg.dino_weight * l_dino + cfg.ibot_weight * l_ibot + sch["dense_weight"] * l_dense
     if not torch.isfinite(loss): raise FloatingPointError(f"step {step}: loss is {loss.item()}")
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -516,6 +522,9 @@ def _collate(items) -> Tensor:  # -> [B, 3, H, W]
 
 # %% ../nbs/12_teacher.ipynb #b1a0f79e
 _RESUME_FREE = {"ckpt_every", "log_every", "keep_ckpts", "num_workers", "num_threads", "device"}
+# fields added after checkpoints were first written: what a checkpoint without them was trained with
+_ABSENT_MEANS = dict(data="train", native_zoom=None, channel_perm_p=0.0, dino_weight=1.0, dense_weight=0.0, dense_start=0,
+                     patch_targets="center")
 
 def _cfg_json(cfg: TeacherConfig) -> dict:
     return json.loads(json.dumps(asdict(cfg)))          # tuples -> lists, as stored
@@ -541,7 +550,7 @@ def load_checkpoint(out_dir, state: DinoState, opt, cfg: TeacherConfig) -> tuple
     out = Path(out_dir)
     if not (out / "latest.json").exists(): return 0, []
     meta = load_json(out / "latest.json")
-    saved, now = meta.get("config", {}), _cfg_json(cfg)
+    saved, now = {**_ABSENT_MEANS, **meta.get("config", {})}, _cfg_json(cfg)
     diff = sorted(k for k in set(saved) | set(now) if k not in _RESUME_FREE and saved.get(k) != now.get(k))
     if diff:
         raise ValueError(f"{out / 'latest.json'}: the checkpoint was trained with another config (fields {diff}: "

@@ -232,7 +232,8 @@ def test_loss_falls_on_tiny_run(tmp_path):
     enc = train_teacher(toy_images(64, 32), cfg, tmp_path, progress=False)
     h = enc.meta["history"]
     assert len(h) == cfg.steps and all(math.isfinite(r["loss"]) for r in h)
-    first, last = sum(r["loss"] for r in h[:5]) / 5, sum(r["loss"] for r in h[-5:]) / 5
+    terms = lambda r: r["dino"] + r["ibot"] + r["dense"]                 # unweighted: the dense term's weight ramps up
+    first, last = sum(terms(r) for r in h[:5]) / 5, sum(terms(r) for r in h[-5:]) / 5
     assert last < first - 0.5, (first, last)
     assert all(0.5 < r["target_entropy"] < r["batch_entropy"] < math.log(cfg.out_dim) for r in h)   # no collapse
     # artefacts: the teacher encoder reloads bit-for-bit, config and metrics are there
@@ -325,3 +326,17 @@ def test_dense_term_pairs_each_crop_with_the_other_global_crops():
              dense_loss(s_loc, t_probs[:B], token_grid(lbox, gbox[:B], 2, 2), 0.1),             # the local crop -> both
              dense_loss(s_loc, t_probs[B:], token_grid(lbox, gbox[B:], 2, 2), 0.1)]
     assert torch.allclose(_dense_term(s_glob, s_loc, t_probs, gbox, lbox, 0.1), torch.stack(parts).mean())
+
+
+def test_image_centred_patch_targets_ignore_what_every_patch_of_an_image_shares():
+    from condense_nb.teacher import _patch_targets
+    cfg = from_preset("tiny", patch_targets="image")
+    state = DinoState(cfg)
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(2 * 16, 8, generator=g)
+    shifted = t.clone(); shifted[:16] += 5 * torch.randn(8, generator=g)   # a per-image code added to image 0's patches
+    q = _patch_targets(t, state, cfg, 0.1, 2)
+    assert torch.allclose(q, _patch_targets(shifted, state, cfg, 0.1, 2), atol=1e-6)
+    assert torch.allclose(q.sum(1), torch.ones(32))
+    per = t.view(2, 16, 8)
+    assert torch.allclose(q, torch.softmax((per - per.mean(1, keepdim=True)) / 0.1, -1).view(32, 8))
