@@ -1,7 +1,7 @@
 """Score teachers on the *validation* rooms, the way recipes are chosen: linear segmentation probe (fit on train,
 best epoch on val; one seed) and the probe-free diagnostics of `condense_nb.diagnostics`.
 
-    python bench/teacher_val.py --data data/small --teacher NAME=PATH [--teacher NAME=PATH ...] [--random] [--shipped small_v1]
+    python bench/teacher_val.py --data data/small --teacher NAME=PATH [--teacher NAME=PATH ...] [--random] [--shipped small]
 
 PATH is a teacher.safetensors or a training run folder (its latest checkpoint's EMA teacher is used).
 Prints one line per teacher and writes the numbers as JSON (--out). Never touches the test rooms."""
@@ -26,7 +26,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True); ap.add_argument("--teacher", action="append", default=[])
     ap.add_argument("--random", action="store_true", help="add a random-init ViT of the first teacher's shape")
-    ap.add_argument("--shipped", action="append", default=[], help="add a shipped teacher by preset name (e.g. small_v1)")
+    ap.add_argument("--shipped", action="append", default=[], help="add a shipped teacher by preset name (e.g. small)")
     ap.add_argument("--stride", type=int, default=2); ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1); ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
