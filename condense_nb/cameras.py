@@ -5,23 +5,20 @@
 # %% ../nbs/01_cameras.ipynb #064eea02
 from __future__ import annotations
 import math
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .core import check_tensor
+from .core import check_tensor, check_int, check_number
 
 # %% auto #0
-__all__ = ['intrinsics', 'look_at', 'cam_to_world', 'camera_center', 'get_rays', 'project', 'unproject', 'orbit_path',
+__all__ = ['intrinsics', 'look_at', 'cam_to_world', 'camera_center', 'check_K', 'get_rays', 'project', 'unproject', 'orbit_path',
            'inroom_path', 'plot_cameras_topdown']
 
 # %% ../nbs/01_cameras.ipynb #77bc3727
 def intrinsics(fov_deg: float, width: int, height: int) -> Tensor:  # -> K [3, 3]
     "Pinhole intrinsics for a horizontal field of view `fov_deg`, principal point at the image centre."
-    if not (isinstance(width, (int, np.integer)) and isinstance(height, (int, np.integer)) and width > 0 and height > 0):
-        raise ValueError(f"width, height: expected positive integers, got {width!r}, {height!r}")
-    if not (isinstance(fov_deg, (int, float)) and math.isfinite(fov_deg) and 0 < fov_deg < 180):
-        raise ValueError(f"fov_deg: expected a number in (0, 180), got {fov_deg!r}")
+    width, height = check_int(width, "width"), check_int(height, "height")
+    fov_deg = check_number(fov_deg, "fov_deg", 0, 180, lo_open=True, hi_open=True)
     f = (width / 2) / math.tan(math.radians(fov_deg) / 2)
     return torch.tensor([[f, 0., width / 2], [0., f, height / 2], [0., 0., 1.]])
 
@@ -64,14 +61,15 @@ def _common(*ts: Tensor) -> list[Tensor]:
     for t in ts[1:]: dt = torch.promote_types(dt, t.dtype)
     return [t.to(ts[0].device, dt) for t in ts]
 
-def _check_K(K) -> Tensor:
+def check_K(K) -> Tensor:
+    "`K` as a [3, 3] intrinsics tensor with positive focal lengths, else a `ValueError`."
     K = check_tensor(K, "K", (3, 3))
     if K[0, 0] <= 0 or K[1, 1] <= 0: raise ValueError(f"K: focal lengths must be positive, got fx={K[0,0].item()}, fy={K[1,1].item()}")
     return K
 
 def get_rays(K, viewmat, width: int, height: int) -> tuple[Tensor, Tensor]:  # -> origins [H, W, 3], dirs [H, W, 3]
     "World-space ray origins and unit directions through every pixel centre."
-    K, viewmat = _common(_check_K(K), check_tensor(viewmat, "viewmat", (4, 4)))
+    K, viewmat = _common(check_K(K), check_tensor(viewmat, "viewmat", (4, 4)))
     ar = lambda n: torch.arange(n, dtype=K.dtype, device=K.device) + 0.5
     v, u = torch.meshgrid(ar(height), ar(width), indexing="ij")
     x = (u - K[0, 2] - K[0, 1] * (v - K[1, 2]) / K[1, 1]) / K[0, 0]
@@ -86,7 +84,7 @@ def get_rays(K, viewmat, width: int, height: int) -> tuple[Tensor, Tensor]:  # -
 def project(points, K, viewmat) -> tuple[Tensor, Tensor]:  # points [N, 3] -> uv [N, 2], z [N]
     "Pixel coordinates (centre of pixel (u,v) at u+0.5, v+0.5) and z-depth of world points."
     points = check_tensor(points, "points", (None, 3))
-    points, K, viewmat = _common(points, _check_K(K), check_tensor(viewmat, "viewmat", (4, 4)))
+    points, K, viewmat = _common(points, check_K(K), check_tensor(viewmat, "viewmat", (4, 4)))
     pc = points @ viewmat[:3, :3].T + viewmat[:3, 3]
     z = pc[:, 2]
     uvw = pc @ K.T

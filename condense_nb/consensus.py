@@ -8,21 +8,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .core import check_tensor, check_choice
-from .cameras import _check_K, cam_to_world
-from .raymarch import render_rays, check_aabb, _check_grid
+from .core import check_tensor, check_choice, check_int
+from .cameras import check_K, cam_to_world
+from .raymarch import render_rays, check_aabb, check_grid
 
 # %% auto #0
 __all__ = ['sample_patch_pixels', 'pixel_rays', 'render_features', 'ProjectionHead', 'consensus_loss', 'fidelity_loss']
 
 # %% ../nbs/42_consensus.ipynb #23e90912
-def _pos_int(v, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name}: expected a positive int, got {v!r}")
-    return v
-
 def sample_patch_pixels(height: int, width: int, patch_size: int) -> Tensor:  # -> uv [h*w, 2]
     "Continuous pixel coordinates (u, v) of the centres of the patch cells, row-major like DenseEncoder's token grid."
-    H, W, p = _pos_int(height, "height"), _pos_int(width, "width"), _pos_int(patch_size, "patch_size")
+    H, W, p = check_int(height, "height"), check_int(width, "width"), check_int(patch_size, "patch_size")
     if H % p or W % p: raise ValueError(f"height, width: {H}x{W} must be divisible by patch_size={p} (as DenseEncoder requires)")
     i, j = torch.meshgrid(torch.arange(H // p), torch.arange(W // p), indexing="ij")
     return (torch.stack([j, i], -1).reshape(-1, 2).float() + 0.5) * p
@@ -30,7 +26,7 @@ def sample_patch_pixels(height: int, width: int, patch_size: int) -> Tensor:  # 
 # %% ../nbs/42_consensus.ipynb #cd08d304
 def pixel_rays(K, viewmat, uv) -> tuple[Tensor, Tensor]:  # K [3, 3], viewmat [4, 4], uv [P, 2] -> origins [P, 3], dirs [P, 3]
     "World-space ray origins and unit directions through continuous pixel coordinates (u, v)."
-    K = _check_K(K)
+    K = check_K(K)
     viewmat = check_tensor(viewmat, "viewmat", (4, 4)).to(K)
     uv = check_tensor(uv, "pixels", (None, 2)).to(K)
     u, v = uv[:, 0], uv[:, 1]
@@ -56,10 +52,10 @@ def render_features(F_s: Tensor, density: Tensor, aabb, K, viewmat, width: int, 
                     detach_density: bool = True, chunk: int = 4096, perturb: bool = False,
                     generator: torch.Generator | None = None) -> dict:  # F_s [C, D, H, W], density [1, D', H', W']
     "Render F^s at `pixels` (None: all; int p: patch centres; [P, 2] (u, v)): features [P, C], z-depth [P], opacity [P], valid [P], pixels [P, 2]."
-    F_s, density = _check_grid(F_s), _check_grid(density)
+    F_s, density = check_grid(F_s), check_grid(density)
     if density.shape[0] != 1: raise ValueError(f"density: expected shape [1, D, H, W], got {list(density.shape)}")
     check_choice(normalize, "normalize", ("opacity", "premultiplied", "none"))
-    W, H = _pos_int(width, "width"), _pos_int(height, "height")
+    W, H = check_int(width, "width"), check_int(height, "height")
     uv = _pixels_arg(pixels, W, H)
     viewmat = check_tensor(viewmat, "viewmat", (4, 4))
     aabb = check_aabb(aabb)
@@ -92,7 +88,7 @@ class ProjectionHead(nn.Module):
     "Linear map from the 3D feature dim to the 2D one: [..., in_dim] -> [..., out_dim]."
     def __init__(self, in_dim: int, out_dim: int, bias: bool = True):
         super().__init__()
-        self.in_dim, self.out_dim = _pos_int(in_dim, "in_dim"), _pos_int(out_dim, "out_dim")
+        self.in_dim, self.out_dim = check_int(in_dim, "in_dim"), check_int(out_dim, "out_dim")
         self.linear = nn.Linear(in_dim, out_dim, bias=bias)
 
     def forward(self, f: Tensor) -> Tensor:  # [..., in_dim] -> [..., out_dim]

@@ -4,15 +4,16 @@
 
 # %% ../nbs/00_core.ipynb #b824c13c
 from __future__ import annotations
-import json, os, random, tempfile
+import json, math, os, random, tempfile
 from pathlib import Path
 from typing import Sequence
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['check_tensor', 'check_choice', 'preset_config', 'atomic_write_bytes', 'atomic_write_text', 'save_json', 'load_json',
-           'atomic_save_image', 'atomic_savefig', 'seed_everything', 'get_device']
+__all__ = ['check_tensor', 'check_choice', 'check_int', 'check_number', 'cosine_schedule', 'preset_config', 'atomic_write_bytes',
+           'atomic_write_text', 'save_json', 'load_json', 'atomic_save_image', 'atomic_savefig', 'st_bytes',
+           'seed_everything', 'get_device']
 
 # %% ../nbs/00_core.ipynb #3d02e560
 def _fmt_shape(shape: Sequence) -> str:
@@ -38,6 +39,42 @@ def check_choice(value, name: str, choices) -> object:
     if value not in choices:
         raise ValueError(f"{name}: unknown value {value!r}; expected one of {sorted(map(str, choices))}")
     return value
+
+# %% ../nbs/00_core.ipynb #b8988583
+def _bounds(lo, hi, lo_open: bool = False, hi_open: bool = False) -> str:
+    if hi is not None and lo is not None: return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if hi is not None: return f"{'<' if hi_open else '<='} {hi}"
+    return f"{'>' if lo_open else '>='} {lo}"
+
+def check_int(v, name: str, lo: int = 1, hi: int | None = None) -> int:
+    "Return `v` as an `int` if it is an integer (not a bool) with `lo <= v` (and `v <= hi`), else raise a `ValueError` naming `name`."
+    if hi is not None: what = f"an int {_bounds(lo, hi)}"
+    elif lo == 1: what = "a positive int (an int >= 1)"
+    elif lo == 0: what = "a non-negative int (an int >= 0)"
+    else: what = f"an int {_bounds(lo, hi)}"
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < lo or (hi is not None and v > hi):
+        raise ValueError(f"{name}: expected {what}, got {v!r}")
+    return int(v)
+
+def check_number(v, name: str, lo: float | None = None, hi: float | None = None,
+                 lo_open: bool = False, hi_open: bool = False) -> float:
+    "Return `v` as a `float` if it is a finite real number (not a bool) within the bounds (`lo_open`/`hi_open`: strict), else raise a `ValueError` naming `name`."
+    if lo is None and hi is None: what = "a finite number"
+    elif hi is None and lo == 0: what = "a positive number (a number > 0)" if lo_open else "a non-negative number (a number >= 0)"
+    else: what = f"a number {_bounds(lo, hi, lo_open, hi_open)}"
+    ok = not isinstance(v, (bool, np.bool_)) and isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
+    if ok and lo is not None: ok = v > lo if lo_open else v >= lo
+    if ok and hi is not None: ok = v < hi if hi_open else v <= hi
+    if not ok: raise ValueError(f"{name}: expected {what}, got {v!r}")
+    return float(v)
+
+# %% ../nbs/00_core.ipynb #eb90699b
+def cosine_schedule(step: float, total: float, start: float, end: float,
+                    warmup_steps: float = 0, warmup_start: float = 0.0) -> float:
+    "Linear warm-up from `warmup_start` to `start` over `warmup_steps`, then cosine from `start` to `end` at `total`."
+    if step < warmup_steps: return warmup_start + (start - warmup_start) * step / warmup_steps
+    t = min(1.0, (step - warmup_steps) / max(total - warmup_steps, 1e-12))
+    return end + (start - end) * (1 + math.cos(math.pi * t)) / 2
 
 # %% ../nbs/00_core.ipynb #cf2d1e5b
 def preset_config(cls, presets: dict, name: str, **overrides):
@@ -102,6 +139,12 @@ def atomic_savefig(fig, path, **kw) -> Path:
     path = Path(path); buf = io.BytesIO()
     fig.savefig(buf, format=path.suffix.lstrip(".") or "png", bbox_inches="tight", **kw)
     return atomic_write_bytes(path, buf.getvalue())
+
+# %% ../nbs/00_core.ipynb #6efa63a1
+def st_bytes(tensors: dict, metadata: dict | None = None) -> bytes:
+    "The safetensors serialisation of `tensors` (made contiguous) with the string `metadata`."
+    from safetensors.torch import save
+    return save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
 
 # %% ../nbs/00_core.ipynb #35e5a739
 def seed_everything(seed: int) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-from .core import check_choice, atomic_write_bytes, save_json, load_json
+from .core import check_choice, check_int, atomic_write_bytes, save_json, load_json, st_bytes
 from .cameras import intrinsics, inroom_path
 from .scenes import (CLASSES, make_room, near_duplicate, caption, render, sample_points,
                                 scene_to_dict, scene_from_dict, Scene)
@@ -48,13 +48,9 @@ class DataConfig:
         if not (isinstance(self.name, str) and self.name and "/" not in self.name and not self.name.startswith(".")):
             raise ValueError(f"name: expected a folder name, got {self.name!r}")
         for f in ("rooms_train", "rooms_val", "rooms_test", "views_per_room", "width", "height", "points_per_room", "points_per_shape"):
-            v, hi = getattr(self, f), (MAX_ROOMS if f.startswith("rooms") else 10**9)
-            if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 1 <= v < hi):
-                raise ValueError(f"{f}: expected an integer in [1, {hi}), got {v!r}")
+            check_int(getattr(self, f), f, 1, (MAX_ROOMS if f.startswith("rooms") else 10**9) - 1)
         for f in ("dup_rooms", "dups_per_room", "shapes_train", "shapes_val", "shapes_test", "base_seed"):
-            v = getattr(self, f)
-            if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0):
-                raise ValueError(f"{f}: expected a non-negative integer, got {v!r}")
+            check_int(getattr(self, f), f, 0)
         if self.dup_rooms > self.rooms_test:
             raise ValueError(f"dup_rooms: at most rooms_test={self.rooms_test} test rooms can get duplicates, got {self.dup_rooms}")
         if self.dups_per_room >= MAX_DUPS:
@@ -116,10 +112,6 @@ def split_seeds(cfg: DataConfig, split: str) -> list[int]:
     return [r["seed"] for r in room_plan(cfg) if r["split"] == split]
 
 # %% ../nbs/04_datasets.ipynb #63285e88
-def _st_bytes(tensors: dict, metadata: dict | None = None) -> bytes:
-    from safetensors.torch import save
-    return save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
-
 def _room_record(item: dict, scene: Scene) -> dict:
     keys = ("scene_id", "split", "seed", "camera_seed", "points_seed", "duplicate_of", "dup_seed")
     return {**{k: item[k] for k in keys}, "caption": caption(scene), **scene_to_dict(scene)}
@@ -139,11 +131,11 @@ def build_room(item: dict, cfg: DataConfig, folder) -> Path:
     views = dict(rgb=(st("rgb") * 255).round().clamp(0, 255).to(torch.uint8), depth=st("depth").float(),
                  semantic=st("semantic").to(torch.int16), instance=st("instance").to(torch.int16),
                  normal=st("normal").to(torch.float16), K=K.expand(len(viewmats), 3, 3).float(), viewmats=viewmats.float())
-    atomic_write_bytes(folder/"views.safetensors", _st_bytes(views, {"scene_id": item["scene_id"]}))
+    atomic_write_bytes(folder/"views.safetensors", st_bytes(views, {"scene_id": item["scene_id"]}))
     pc = sample_points(scene, cfg.points_per_room, seed=item["points_seed"])
     pts = dict(points=pc["points"].float(), colors=pc["colors"].float(), normals=pc["normals"].float(),
                semantic=pc["semantic"].to(torch.int16), instance=pc["instance"].to(torch.int16))
-    atomic_write_bytes(folder/"points.safetensors", _st_bytes(pts, {"scene_id": item["scene_id"]}))
+    atomic_write_bytes(folder/"points.safetensors", st_bytes(pts, {"scene_id": item["scene_id"]}))
     atomic_write_bytes(folder/"DONE", b"")
     return folder
 
@@ -168,7 +160,7 @@ def build_shape_set(variant: str, split: str, cfg: DataConfig, path) -> Path:
     if d.get("mask") is not None: t["mask"] = torch.as_tensor(d["mask"]).bool()
     if d.get("seeds") is not None: t["seeds"] = torch.as_tensor(d["seeds"]).long()
     meta = dict(variant=variant, split=split, classes=json.dumps(list(SHAPE_CLASSES)))
-    return atomic_write_bytes(path, _st_bytes(t, meta))
+    return atomic_write_bytes(path, st_bytes(t, meta))
 
 # %% ../nbs/04_datasets.ipynb #8fd32ed0
 _LAYOUT = ("rooms", "shapes", "config.json", "build.json", "DONE")
@@ -342,8 +334,7 @@ class ShapeSet(Dataset):
             raise ValueError(f"{self.path}: expected points [M,N,3] and labels [M], got {list(self.points.shape)} and {list(self.labels.shape)}")
         self.class_names = json.loads(meta.get("classes", "[]"))
         N = self.points.shape[1]
-        if n_points is not None and not (isinstance(n_points, int) and 1 <= n_points <= N):
-            raise ValueError(f"n_points: expected an integer in [1, {N}] (points stored per shape), got {n_points!r}")
+        if n_points is not None: n_points = check_int(n_points, "n_points", 1, N)       # at most the points stored per shape
         self.split, self.variant, self.n_points, self.augment, self.seed = split, variant, n_points, augment, seed
         self._gen, self._worker = torch.Generator().manual_seed(seed), None
 

@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .core import check_tensor, check_choice
+from .core import check_tensor, check_choice, check_int
 from .cameras import unproject, camera_center
 from .raymarch import check_aabb
 
@@ -177,8 +177,7 @@ class UNet3D(nn.Module):
         widths = tuple(widths)
         if len(widths) < 1 or not all(isinstance(w, int) and w >= 1 for w in widths):
             raise ValueError(f"widths: expected a non-empty sequence of positive ints, got {widths!r}")
-        for name, v in (("in_ch", in_ch), ("out_ch", out_ch)):
-            if not (isinstance(v, int) and v >= 1): raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        in_ch, out_ch = check_int(in_ch, "in_ch"), check_int(out_ch, "out_ch")
         check_choice(norm, "norm", ("group", "batch")); check_choice(up, "up", ("transpose", "trilinear"))
         self.in_ch, self.out_ch, self.widths, self.levels = in_ch, out_ch, widths, len(widths) - 1
         self.stem = ConvBlock3D(in_ch, widths[0], norm)

@@ -5,12 +5,12 @@ in readable PyTorch with gsplat's exact semantics, and gsplat itself as the fast
 
 # %% ../nbs/20_gaussians.ipynb #b8b05803
 from __future__ import annotations
-import functools, math, numbers
+import functools, math
 from typing import NamedTuple
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
-from .core import check_tensor, check_choice
+from .core import check_tensor, check_choice, check_int
 
 # %% auto #0
 __all__ = ['ALPHA_MIN', 'ALPHA_MAX', 'T_MIN', 'TILE_SIZE', 'quat_to_rotmat', 'covariance_3d', 'Projected', 'project_gaussians',
@@ -190,8 +190,7 @@ def _check_inputs(means, quats, scales, opacities, colors, viewmat, K, width, he
     viewmat = check_tensor(viewmat, "viewmat", (4, 4), dtype=dtype, device=device)
     K = check_tensor(K, "K", (3, 3), dtype=dtype, device=device)
     if colors.shape[1] < 1: raise ValueError("colors: expected at least one channel, got shape [N, 0]")
-    for v, n in ((width, "width"), (height, "height")):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1: raise ValueError(f"{n}: expected a positive integer, got {v!r}")
+    check_int(width, "width"); check_int(height, "height")
     if K[0, 0] <= 0 or K[1, 1] <= 0: raise ValueError(f"K: focal lengths must be positive, got fx={K[0, 0].item()}, fy={K[1, 1].item()}")
     if (scales < 0).any(): raise ValueError(f"scales: expected standard deviations >= 0, got min {scales.min().item():.4g}")
     if ((opacities < 0) | (opacities > 1)).any():

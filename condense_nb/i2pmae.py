@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from .core import check_tensor, check_choice
+from .core import check_tensor, check_choice, check_int
 from .encoders import DenseEncoder
 from .projection import ViewParams, project_views, points_to_pixels, read_back, average_views
 
@@ -133,8 +133,7 @@ def guided_mask(saliency: Tensor, mask_ratio: float, temperature: float = 1.0,
 def random_mask(B: int, G: int, mask_ratio: float, generator: torch.Generator | None = None,
                 device=None) -> tuple[Tensor, Tensor]:  # -> visible [B, G - int(rG)], masked [B, int(rG)]
     "Point-MAE random masking: a uniform random permutation per sample, split like `guided_mask`."
-    for v, n in ((B, "B"), (G, "G")):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{n}: expected an int >= 1, got {v!r}")
+    B, G = check_int(B, "B"), check_int(G, "G")
     r = _check_ratio(mask_ratio)
     return _split(torch.argsort(_uniform((B, G), generator, device or "cpu"), dim=1), r)
 

@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .core import check_tensor, check_choice
+from .core import check_tensor, check_choice, check_int
 from .raymarch import check_aabb
 from .encoder3d import voxel_centers
 from .consensus import render_features
@@ -28,7 +28,7 @@ def _as_batch(x, name: str, ndim: int) -> tuple[Tensor, bool]:
     return (x[None], True) if x.ndim == ndim + 1 else (x, False)
 
 def _head(conv, in_ch: int, hidden: int | None, kernel_size: int) -> nn.Module:
-    if not (isinstance(in_ch, int) and in_ch >= 1): raise ValueError(f"in_ch: expected a positive int, got {in_ch!r}")
+    in_ch = check_int(in_ch, "in_ch")
     if kernel_size not in (1, 3): raise ValueError(f"kernel_size: expected 1 or 3, got {kernel_size!r}")
     if not hidden: net = conv(in_ch, 1, kernel_size, padding=kernel_size // 2)
     else: net = nn.Sequential(conv(in_ch, hidden, kernel_size, padding=kernel_size // 2), nn.ReLU(inplace=True), conv(hidden, 1, 1))
@@ -108,8 +108,7 @@ def peakiness_loss(heat: Tensor, window: int = 3) -> Tensor:  # heat [B, 1, H, W
     if not isinstance(heat, Tensor) or not heat.is_floating_point() or heat.ndim not in (4, 5) or heat.shape[1] != 1:
         raise ValueError(f"heat: expected a float tensor [B, 1, H, W] or [B, 1, D, H, W], got {getattr(heat, 'shape', type(heat).__name__)}")
     if not torch.isfinite(heat).all(): raise ValueError("heat: contains NaN or infinite values")
-    if isinstance(window, bool) or not isinstance(window, int) or window < 2:
-        raise ValueError(f"window: expected an int >= 2, got {window!r}")
+    window = check_int(window, "window", 2)
     if min(heat.shape[2:]) < window: raise ValueError(f"heat: spatial size {list(heat.shape[2:])} is smaller than window={window}")
     mx, avg = (F.max_pool2d, F.avg_pool2d) if heat.ndim == 4 else (F.max_pool3d, F.avg_pool3d)
     return 1 - (mx(heat, window, stride=1) - avg(heat, window, stride=1)).mean()
@@ -138,9 +137,8 @@ def repeatability_loss(heat_a: Tensor, heat_b: Tensor, pix_a: Tensor, uv_b: Tens
 def _nms(score: Tensor, radius: int, top_k: int | None, threshold: float, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     "Priority max-pool NMS on a 2D or 3D score map: indices [K, ndim] (long) and scores [K], sorted by score."
     nd = score.ndim
-    if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0: raise ValueError(f"radius: expected an int >= 0, got {radius!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k: expected a positive int or None, got {top_k!r}")
+    radius = check_int(radius, "radius", 0)
+    if top_k is not None: top_k = check_int(top_k, "top_k")
     if not isinstance(threshold, (int, float)) or threshold != threshold: raise ValueError(f"threshold: expected a number, got {threshold!r}")
     flat = score.reshape(-1)
     eligible = flat > threshold

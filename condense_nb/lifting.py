@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .core import check_tensor, check_choice, atomic_write_bytes, save_json, preset_config
+from .core import check_tensor, check_choice, check_int, atomic_write_bytes, save_json, preset_config
 from .cameras import unproject, camera_center, intrinsics, inroom_path
 from .gaussians import rasterize, quat_to_rotmat
 from .pointops import knn
@@ -62,8 +62,7 @@ class FeatureGaussians(nn.Module):
         means = check_tensor(means, "means", (None, 3)); N = means.shape[0]
         features = check_tensor(features, "features", (N, None))
         if features.shape[1] < 1: raise ValueError("features: expected at least one feature channel")
-        if isinstance(teacher_dim, bool) or not isinstance(teacher_dim, int) or teacher_dim < 1:
-            raise ValueError(f"teacher_dim: expected a positive integer, got {teacher_dim!r}")
+        teacher_dim = check_int(teacher_dim, "teacher_dim")
         dev = means.device
         vals = dict(means=means, quats=check_tensor(quats, "quats", (N, 4), device=dev),
                     log_scales=check_tensor(log_scales, "log_scales", (N, 3), device=dev),
@@ -121,7 +120,7 @@ def init_from_depth(rgbs, depths, Ks, viewmats, n_max: int, teacher_dim: int, lo
     # rgbs [V, H, W, 3], depths [V, H, W], Ks [V, 3, 3], viewmats [V, 4, 4]
     "Gaussians on the depth-unprojected pixels of all views (≤ `n_max`, random subset), 3DGS-style scales/opacity/rotation."
     v = check_views(dict(rgb=rgbs, depth=depths, K=Ks, viewmat=viewmats), "views")
-    if isinstance(n_max, bool) or not isinstance(n_max, int) or n_max < 4: raise ValueError(f"n_max: expected an integer >= 4, got {n_max!r}")
+    n_max = check_int(n_max, "n_max", 4)
     if not 0 < init_opacity < 1: raise ValueError(f"init_opacity: expected a value in (0, 1), got {init_opacity}")
     pts, cols = [], []
     for rgb, depth, K, vm in zip(v["rgb"], v["depth"], v["K"], v["viewmat"]):

@@ -5,7 +5,8 @@ and predict the 2D teacher's features of the tokens left visible (2D loss) — a
 
 # %% ../nbs/33_mae.ipynb #a5e2f545
 from __future__ import annotations
-import json, math, time
+import json, time
+import numpy as np
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
@@ -15,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from timm.models.vision_transformer import Block
 from timm.layers import trunc_normal_
-from .core import check_tensor, check_choice, atomic_write_bytes, save_json, load_json, preset_config
+from .core import (check_tensor, check_choice, check_int, check_number, cosine_schedule, atomic_write_bytes, save_json,
+                             load_json, preset_config)
 from .pointops import group, gather_points, chamfer_distance, PointEmbed
 from .i2pmae import random_mask
 
@@ -73,27 +75,26 @@ class MAEConfig:
 def _validate(c: MAEConfig) -> None:
     def need(ok, field, what):
         if not ok: raise ValueError(f"MAEConfig.{field}: expected {what}, got {getattr(c, field)!r}")
-    isint = lambda v: isinstance(v, int) and not isinstance(v, bool)
-    isnum = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     for f in ("n_points", "n_groups", "group_size", "dim", "depth", "heads", "decoder_depth", "embed_hidden",
               "pos_hidden", "target_points", "epochs", "batch_size", "keep_ckpts"):
-        need(isint(getattr(c, f)) and getattr(c, f) >= 1, f, "an int >= 1")
-    need(isint(c.seed) and c.seed >= 0, "seed", "an int >= 0")
-    need(c.num_threads is None or (isint(c.num_threads) and c.num_threads >= 1), "num_threads", "None or an int >= 1")
+        check_int(getattr(c, f), f"MAEConfig.{f}")
+    check_int(c.seed, "MAEConfig.seed", 0)
+    if c.num_threads is not None: check_int(c.num_threads, "MAEConfig.num_threads")
     need(c.n_groups <= c.n_points, "n_groups", f"<= n_points={c.n_points}")
     need(c.group_size <= c.n_points, "group_size", f"<= n_points={c.n_points}")
     need(c.dim % c.heads == 0, "dim", f"a multiple of heads={c.heads}")
     need(c.target_points <= c.group_size, "target_points", f"<= group_size={c.group_size}")
-    need(c.feat_dim is None or (isint(c.feat_dim) and c.feat_dim >= 1), "feat_dim", "None or an int >= 1")
-    need(isnum(c.mask_ratio) and 0 < c.mask_ratio < 1, "mask_ratio", "a number in (0, 1)")
+    if c.feat_dim is not None: check_int(c.feat_dim, "MAEConfig.feat_dim")
+    check_number(c.mask_ratio, "MAEConfig.mask_ratio", 0, 1, lo_open=True, hi_open=True)
     need(1 <= int(c.mask_ratio * c.n_groups) <= c.n_groups - 1, "mask_ratio",
          f"a ratio that masks at least one and keeps at least one of n_groups={c.n_groups} tokens")
-    for f in ("mlp_ratio", "lr"): need(isnum(getattr(c, f)) and getattr(c, f) > 0, f, "a number > 0")
-    for f in ("drop_path",): need(isnum(c.drop_path) and 0 <= c.drop_path < 1, f, "a number in [0, 1)")
-    for f in ("w_3d", "w_2d", "min_lr", "warmup_lr", "weight_decay", "warmup_epochs"):
-        need(isnum(getattr(c, f)) and getattr(c, f) >= 0, f, "a number >= 0")
+    for f in ("mlp_ratio", "lr"): check_number(getattr(c, f), f"MAEConfig.{f}", 0, lo_open=True)
+    check_number(c.drop_path, "MAEConfig.drop_path", 0, 1, hi_open=True)
+    for f in ("w_3d", "w_2d", "min_lr", "warmup_lr", "weight_decay", "warmup_epochs"): check_number(getattr(c, f), f"MAEConfig.{f}", 0)
     need(c.warmup_epochs <= c.epochs, "warmup_epochs", f"<= epochs={c.epochs}")
-    need(c.clip_grad is None or (isnum(c.clip_grad) and c.clip_grad > 0), "clip_grad", "None or a number > 0")
+    if c.clip_grad is not None: check_number(c.clip_grad, "MAEConfig.clip_grad", 0, lo_open=True)
+    for f in fields(c):   # NumPy scalars pass the checks above: store them as Python numbers (the config is written as JSON)
+        if isinstance(getattr(c, f.name), (np.integer, np.floating)): setattr(c, f.name, getattr(c, f.name).item())
 
 PRESETS = dict(
     tiny=dict(n_points=512, n_groups=32, group_size=16, dim=64, depth=2, heads=4, decoder_depth=1, embed_hidden=32,
@@ -263,8 +264,7 @@ def token_targets(point_feats: Tensor, tokens: Tokens, n_points: int = 1) -> Ten
     B, G, k = idx.shape
     f = check_tensor(point_feats, "point_feats", (B, None, None))
     if f.shape[1] <= idx.max(): raise ValueError(f"point_feats: has {f.shape[1]} points but the tokens index point {idx.max().item()}")
-    if isinstance(n_points, bool) or not isinstance(n_points, int) or not 1 <= n_points <= k:
-        raise ValueError(f"n_points: expected an int in [1, k={k}], got {n_points!r}")
+    n_points = check_int(n_points, "n_points", 1, k)          # at most the k points of a group
     if n_points == 1: return gather_points(f, idx).mean(2)                                 # [B, G, C]
     ranks = torch.div(torch.arange(n_points, device=idx.device) * k, n_points, rounding_mode="floor")
     return gather_points(f, idx[:, :, ranks])                                              # [B, G, P, C]
@@ -292,7 +292,7 @@ class PointClassifier(nn.Module):
         super().__init__()
         enc = mae_encoder.encoder if isinstance(mae_encoder, PointMAE) else mae_encoder
         if not isinstance(enc, MAEEncoder): raise ValueError(f"mae_encoder: expected a PointMAE or MAEEncoder, got {type(mae_encoder).__name__}")
-        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2: raise ValueError(f"n_classes: expected an int >= 2, got {n_classes!r}")
+        n_classes = check_int(n_classes, "n_classes", 2)
         self.encoder, self.pool, self.n_groups, self.group_size = enc, check_choice(pool, "pool", POOLS), n_groups, group_size
         d = enc.cfg.dim * (2 if pool == "concat" else 1)
         self.head = nn.Sequential(nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
@@ -318,9 +318,7 @@ def make_optimizer(model: nn.Module, cfg: MAEConfig) -> torch.optim.AdamW:
 
 def lr_at(cfg: MAEConfig, t: float) -> float:
     "Learning rate at fractional epoch `t`: linear warm-up from warmup_lr, then cosine to min_lr at cfg.epochs."
-    if t < cfg.warmup_epochs: return cfg.warmup_lr + (cfg.lr - cfg.warmup_lr) * t / cfg.warmup_epochs
-    u = min(1.0, (t - cfg.warmup_epochs) / max(cfg.epochs - cfg.warmup_epochs, 1e-12))
-    return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * u)) / 2
+    return cosine_schedule(t, cfg.epochs, cfg.lr, cfg.min_lr, cfg.warmup_epochs, cfg.warmup_lr)
 
 # %% ../nbs/33_mae.ipynb #5b5760b7
 def pretrain_step(model: PointMAE, opt: torch.optim.Optimizer, batch_points: Tensor, masks: tuple[Tensor, Tensor] | None = None,
@@ -434,8 +432,7 @@ def scale_translate(points: Tensor, generator: torch.Generator | None = None, sc
 def cloud_loader(clouds: Tensor, batch_size: int, seed: int = 0, augment: bool = False, drop_last: bool = True) -> Callable[[int], list]:  # clouds [M, N, 3]
     "A `loader_fn(epoch)` over a tensor of clouds: seeded shuffle per epoch, batches of `batch_size`, optional scale/translate."
     clouds = check_tensor(clouds, "clouds", (None, None, 3))
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= len(clouds):
-        raise ValueError(f"batch_size: expected an int in [1, {len(clouds)}] (the number of clouds), got {batch_size!r}")
+    batch_size = check_int(batch_size, "batch_size", 1, len(clouds))   # at most the number of clouds
     def loader_fn(epoch: int) -> list:
         g = torch.Generator().manual_seed(_step_seed(seed, epoch, 0))
         perm = torch.randperm(len(clouds), generator=g)

@@ -9,8 +9,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .core import check_tensor
-from .cameras import unproject, project, _check_K
+from .core import check_tensor, check_int
+from .cameras import unproject, project, check_K
 
 # %% auto #0
 __all__ = ['confusion_matrix', 'SegMetric', 'segmentation_metrics', 'DepthMetric', 'depth_metrics', 'correspondences',
@@ -29,14 +29,9 @@ def _check_labels(x, name: str) -> Tensor:
         if (t != t.round()).any(): raise ValueError(f"{name}: expected integer class ids, got non-integral values")
     return t.long()
 
-def _check_num_classes(num_classes) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes: expected a positive integer, got {num_classes!r}")
-    return num_classes
-
 def confusion_matrix(pred, target, num_classes: int, ignore_index: int = 255) -> Tensor:  # pred [...], target [...] -> [C, C]
     "Confusion matrix (rows: target class, columns: predicted class) over pixels whose target is not `ignore_index`."
-    C = _check_num_classes(num_classes)
+    C = check_int(num_classes, "num_classes")
     pred, target = _check_labels(pred, "pred"), _check_labels(target, "target")
     if pred.shape != target.shape:
         raise ValueError(f"pred, target: expected the same shape, got {list(pred.shape)} and {list(target.shape)}")
@@ -55,7 +50,7 @@ def confusion_matrix(pred, target, num_classes: int, ignore_index: int = 255) ->
 class SegMetric:
     "Streaming mmseg-style segmentation metrics: accumulate one confusion matrix over a whole split."
     def __init__(self, num_classes: int, ignore_index: int = 255):
-        self.num_classes = _check_num_classes(num_classes)
+        self.num_classes = check_int(num_classes, "num_classes")
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise ValueError(f"ignore_index: expected an integer, got {ignore_index!r}")
         self.ignore_index = ignore_index
@@ -166,7 +161,7 @@ def correspondences(depth_a, K_a, viewmat_a, depth_b, K_b, viewmat_b, rel_tol: f
     "Pixels (row, col) of view A visible and unoccluded in view B, and their continuous (u, v) pixel coordinates in B (CPU tensors)."
     depth_a, ok_a = _check_depth_map(depth_a, "depth_a")
     depth_b, ok_b = _check_depth_map(depth_b, "depth_b")
-    K_a, K_b = _check_K(K_a), _check_K(K_b)
+    K_a, K_b = check_K(K_a), check_K(K_b)
     viewmat_a, viewmat_b = check_tensor(viewmat_a, "viewmat_a", (4, 4)), check_tensor(viewmat_b, "viewmat_b", (4, 4))
     if not (isinstance(rel_tol, (int, float)) and rel_tol > 0): raise ValueError(f"rel_tol: expected a positive number, got {rel_tol!r}")
     depth_a, ok_a, depth_b, ok_b = depth_a.cpu(), ok_a.cpu(), depth_b.cpu(), ok_b.cpu()      # geometry is cheap: always on CPU
@@ -223,8 +218,7 @@ def multiview_consistency(feat_a, feat_b, depth_a, K_a, viewmat_a, depth_b, K_b,
     if feat_a.shape[0] != feat_b.shape[0]:
         raise ValueError(f"feat_a, feat_b: expected the same channel count, got {feat_a.shape[0]} and {feat_b.shape[0]}")
     if 0 in feat_a.shape or 0 in feat_b.shape: raise ValueError(f"feat_a, feat_b: empty feature map {list(feat_a.shape)}, {list(feat_b.shape)}")
-    if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
-        raise ValueError(f"max_points: expected a positive integer, got {max_points!r}")
+    max_points = check_int(max_points, "max_points")
     if center:                                                                         # subtract the joint mean feature
         mu = torch.cat([feat_a.flatten(1), feat_b.flatten(1)], 1).mean(1)[:, None, None]
         feat_a, feat_b = feat_a - mu, feat_b - mu

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from .core import check_tensor, check_choice, preset_config
+from .core import check_tensor, check_choice, check_int, check_number, preset_config
 from .mae import MAEConfig, PointMAE, MAEEncoder, PointClassifier, POOLS, global_feature, param_groups, lr_at
 
 # %% auto #0
@@ -93,10 +93,6 @@ def _encoder_of(model) -> MAEEncoder:
     if not isinstance(enc, MAEEncoder): raise ValueError(f"model: expected a PointMAE, MAEEncoder or PointClassifier, got {type(model).__name__}")
     return enc
 
-def _check_int(v, name: str, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo: raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
-    return int(v)
-
 def _check_clouds(points, name: str, min_points: int) -> Tensor:
     p = check_tensor(points.detach().cpu() if isinstance(points, Tensor) else points, name, (None, None, 3))
     if len(p) == 0: raise ValueError(f"{name}: expected at least one cloud [M, N, 3], got shape {list(p.shape)}")
@@ -107,7 +103,7 @@ def extract_global_features(model, points: Tensor, pool: str = "max", batch_size
     "Pooled tokens of the frozen, unmasked encoder for every cloud (eval mode, no grad, batched; mode restored)."
     check_choice(pool, "pool", POOLS)
     enc = _encoder_of(model)
-    pts, bs = _check_clouds(points, "points", enc.cfg.n_groups), _check_int(batch_size, "batch_size", 1)
+    pts, bs = _check_clouds(points, "points", enc.cfg.n_groups), check_int(batch_size, "batch_size")
     dev, was = next(enc.parameters()).device, enc.training
     enc.eval()
     try:
@@ -144,21 +140,23 @@ class FinetuneConfig:
     def __post_init__(self):
         def need(ok, f, what):
             if not ok: raise ValueError(f"FinetuneConfig.{f}: expected {what}, got {getattr(self, f)!r}")
-        isint = lambda v: isinstance(v, int) and not isinstance(v, bool)
-        isnum = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        for f in ("epochs", "hidden", "eval_batch_size"): need(isint(getattr(self, f)) and getattr(self, f) >= 1, f, "an int >= 1")
-        need(isint(self.batch_size) and self.batch_size >= 2, "batch_size", "an int >= 2 (the head's BatchNorm needs 2 clouds per batch)")
-        need(isnum(self.lr) and self.lr > 0, "lr", "a number > 0")
-        for f in ("min_lr", "warmup_lr", "weight_decay", "warmup_epochs"): need(isnum(getattr(self, f)) and getattr(self, f) >= 0, f, "a number >= 0")
+        for f in ("epochs", "hidden", "eval_batch_size"): check_int(getattr(self, f), f"FinetuneConfig.{f}")
+        check_int(self.batch_size, "FinetuneConfig.batch_size", 2)      # >= 2: the head's BatchNorm needs 2 clouds per batch
+        check_number(self.lr, "FinetuneConfig.lr", 0, lo_open=True)
+        for f in ("min_lr", "warmup_lr", "weight_decay", "warmup_epochs"): check_number(getattr(self, f), f"FinetuneConfig.{f}", 0)
         need(self.warmup_epochs <= self.epochs, "warmup_epochs", f"<= epochs={self.epochs}")
-        need(self.clip_grad is None or (isnum(self.clip_grad) and self.clip_grad > 0), "clip_grad", "None or a number > 0")
-        need(isnum(self.label_smoothing) and 0 <= self.label_smoothing < 1, "label_smoothing", "a number in [0, 1)")
-        need(isnum(self.dropout) and 0 <= self.dropout < 1, "dropout", "a number in [0, 1)")
-        need(self.scale is None or (len(self.scale) == 2 and all(isnum(s) and s > 0 for s in self.scale) and self.scale[0] <= self.scale[1]),
-             "scale", "None or (lo, hi) with 0 < lo <= hi")
+        if self.clip_grad is not None: check_number(self.clip_grad, "FinetuneConfig.clip_grad", 0, lo_open=True)
+        check_number(self.label_smoothing, "FinetuneConfig.label_smoothing", 0, 1, hi_open=True)
+        check_number(self.dropout, "FinetuneConfig.dropout", 0, 1, hi_open=True)
+        if self.scale is not None:
+            lo_hi = [check_number(s, "FinetuneConfig.scale", 0, lo_open=True) for s in self.scale]
+            need(len(lo_hi) == 2 and lo_hi[0] <= lo_hi[1], "scale", "None or (lo, hi) with 0 < lo <= hi")
         need(self.pool in POOLS, "pool", f"one of {POOLS}")
-        need(isint(self.precise_bn_clouds) and self.precise_bn_clouds >= 0, "precise_bn_clouds", "an int >= 0 (0: all train clouds)")
-        for f in ("n_groups", "group_size", "num_threads"): need(getattr(self, f) is None or (isint(getattr(self, f)) and getattr(self, f) >= 1), f, "None or an int >= 1")
+        check_int(self.precise_bn_clouds, "FinetuneConfig.precise_bn_clouds", 0)   # 0: all train clouds
+        for f in ("n_groups", "group_size", "num_threads"):
+            if getattr(self, f) is not None: check_int(getattr(self, f), f"FinetuneConfig.{f}")
+        for f in fields(self):   # NumPy scalars pass the checks above: store them as Python numbers (results hold the config as JSON)
+            if isinstance(getattr(self, f.name), (np.integer, np.floating)): setattr(self, f.name, getattr(self, f.name).item())
 
 FT_PRESETS = dict(
     tiny=dict(epochs=3, batch_size=8, warmup_epochs=1, lr=1e-3, hidden=64, num_threads=1),
@@ -237,10 +235,10 @@ def finetune_classifier(mae, train, val, test, cfg: FinetuneConfig, seeds=(0,), 
     (Xtr, ytr), (Xva, yva), (Xte, yte) = (_split_arg(s, n, G) for s, n in ((train, "train"), (val, "val"), (test, "test")))
     if len(Xtr) < 2: raise ValueError(f"train: expected at least 2 clouds, got {len(Xtr)}")
     top = int(max(ytr.max(), yva.max(), yte.max())) + 1
-    n_classes = top if n_classes is None else _check_int(n_classes, "n_classes", 2)
+    n_classes = top if n_classes is None else check_int(n_classes, "n_classes", 2)
     if n_classes < top: raise ValueError(f"n_classes: {n_classes} is too few for label {top - 1}")
     if n_classes < 2: raise ValueError("train/val/test labels: fine-tuning needs at least 2 classes")
-    seeds = [_check_int(s, "seeds", 0) for s in (seeds if isinstance(seeds, (list, tuple)) else [seeds])]
+    seeds = [check_int(s, "seeds", 0) for s in (seeds if isinstance(seeds, (list, tuple)) else [seeds])]
     if not seeds: raise ValueError("seeds: expected at least one seed")
     dev = torch.device(device) if device is not None else (next(base.parameters()).device if base is not None else torch.device("cpu"))
     threads = torch.get_num_threads()

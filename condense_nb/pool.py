@@ -7,11 +7,10 @@ from __future__ import annotations
 import dataclasses, hashlib, json, math, os, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-from .core import check_choice, atomic_write_bytes, save_json, load_json
+from .core import check_choice, check_int, atomic_write_bytes, save_json, load_json, st_bytes
 from .cameras import intrinsics, inroom_path
 from .scenes import make_room, render
 
@@ -38,12 +37,9 @@ class PoolConfig:
         if not (isinstance(self.name, str) and self.name and "/" not in self.name and not self.name.startswith(".")):
             raise ValueError(f"name: expected a folder name, got {self.name!r}")
         for f in ("rooms", "views_per_room", "width", "height", "rooms_per_shard"):
-            v = getattr(self, f)
-            if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1):
-                raise ValueError(f"{f}: expected a positive integer, got {v!r}")
+            check_int(getattr(self, f), f)
         if self.rooms > 100_000: raise ValueError(f"rooms: at most 100,000 (the seed range of the pool), got {self.rooms}")
-        if not (isinstance(self.base_seed, (int, np.integer)) and self.base_seed >= 0):
-            raise ValueError(f"base_seed: expected a non-negative integer, got {self.base_seed!r}")
+        check_int(self.base_seed, "base_seed", 0)
         if not (isinstance(self.fov, (int, float)) and 0 < self.fov < 180): raise ValueError(f"fov: expected degrees in (0, 180), got {self.fov!r}")
 
     @property
@@ -69,10 +65,6 @@ def pool_seeds(cfg: PoolConfig, shard: int | None = None) -> list[int]:
     return [cfg.base_seed + POOL_OFFSET + i for i in ids]
 
 # %% ../nbs/08_pool.ipynb #54f6c74f
-def _st_bytes(tensors: dict, metadata: dict) -> bytes:
-    from safetensors.torch import save
-    return save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
-
 def shard_paths(root, k: int) -> tuple[Path, Path]:
     "The (safetensors, json) paths of shard `k` under the pool folder `root`."
     return Path(root)/"shards"/f"shard_{k:05d}.safetensors", Path(root)/"shards"/f"shard_{k:05d}.json"
@@ -91,7 +83,7 @@ def build_shard(cfg: PoolConfig, k: int, root) -> dict:
         depth.append(torch.stack([o["depth"].to(torch.float16) for o in outs]))
         vms.append(viewmats.float())
     R, V = len(seeds), cfg.views_per_room
-    data = _st_bytes(dict(rgb=torch.stack(rgb), depth=torch.stack(depth), K=K.float().expand(R, V, 3, 3), viewmats=torch.stack(vms)),
+    data = st_bytes(dict(rgb=torch.stack(rgb), depth=torch.stack(depth), K=K.float().expand(R, V, 3, 3), viewmats=torch.stack(vms)),
                      dict(shard=json.dumps(dict(shard=k, seeds=seeds))))      # one key: safetensors writes metadata in hash order
     st_path, js_path = shard_paths(root, k)
     atomic_write_bytes(st_path, data)
@@ -116,7 +108,7 @@ def _config_record(cfg: PoolConfig) -> dict: return dict(format="condense-nb unl
 def build_pool(cfg: PoolConfig | str, root="data", workers: int = 1, progress: bool = True) -> Path:
     "Build (or finish) the pool `cfg` (a PoolConfig or a preset name) in `root/<name>/` with `workers` processes; return that folder."
     cfg = PoolConfig.from_preset(cfg) if isinstance(cfg, str) else cfg
-    if not (isinstance(workers, int) and workers >= 1): raise ValueError(f"workers: expected a positive integer, got {workers!r}")
+    workers = check_int(workers, "workers")
     out = Path(root)/cfg.name
     rec = json.loads(json.dumps(_config_record(cfg)))
     if (out/"config.json").exists():

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .core import check_tensor, check_choice, atomic_write_bytes
+from .core import check_tensor, check_choice, check_int, check_number, cosine_schedule, atomic_write_bytes
 from .metrics import SegMetric, DepthMetric
 
 # %% auto #0
@@ -27,8 +27,7 @@ IGNORE_INDEX = 255
 
 def rgb_feature_fn(patch_size: int = 8) -> Callable:
     "The 'RGB pixels' baseline: a feature function returning the image average-pooled to a `patch_size` grid."
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-        raise ValueError(f"patch_size: expected a positive integer, got {patch_size!r}")
+    patch_size = check_int(patch_size, "patch_size")
     def rgb_pixels(images: Tensor) -> Tensor:  # images [B, 3, H, W] -> [B, 3, H/p, W/p]
         return F.avg_pool2d(images, patch_size)
     return rgb_pixels
@@ -64,11 +63,6 @@ def _check_images(images, name: str = "images") -> Tensor:
     if lo < 0 or hi > 1: raise ValueError(f"{name}: expected values in [0, 1], got range [{lo:.3g}, {hi:.3g}]")
     return images
 
-def _check_pos_int(v, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {v!r}")
-    return int(v)
-
 def _module_device(fn) -> torch.device:
     for t in list(fn.parameters()) + list(fn.buffers()): return t.device
     return torch.device("cpu")
@@ -78,7 +72,7 @@ def extract_features(feature_fn: Callable, images, batch_size: int = 16, device=
                      progress: bool = False) -> Tensor:  # images [N, 3, H, W] in [0, 1] -> [N, C, h, w] float32 CPU
     "Frozen features of `images`, computed in batches without gradients and gathered on the CPU."
     if not callable(feature_fn): raise ValueError(f"feature_fn: expected a callable, got {type(feature_fn).__name__}")
-    images, bs = _check_images(images), _check_pos_int(batch_size, "batch_size")
+    images, bs = _check_images(images), check_int(batch_size, "batch_size")
     is_mod = isinstance(feature_fn, nn.Module)
     dev = torch.device(device) if device is not None else (_module_device(feature_fn) if is_mod else torch.device("cpu"))
     if is_mod:
@@ -150,9 +144,7 @@ def cached_features(feature_fn: Callable, images, path, key: str = "", **kwargs)
 
 # %% ../nbs/13_probes.ipynb #8f6ef91e
 def _check_num_classes(num_classes) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or not 1 <= num_classes < IGNORE_INDEX:
-        raise ValueError(f"num_classes: expected an integer in [1, {IGNORE_INDEX}), got {num_classes!r}")
-    return int(num_classes)
+    return check_int(num_classes, "num_classes", 1, IGNORE_INDEX - 1)   # class ids stay below the ignore index
 
 def seg_labels(semantic, num_classes: int, name: str = "labels") -> Tensor:  # semantic [N, H, W] -> [N, H, W] int64
     "Class ids as int64 with every negative id (renders: -1, nothing hit) mapped to IGNORE_INDEX; other out-of-range ids are an error."
@@ -227,7 +219,7 @@ class SegProbe(nn.Module):
     "FiT3D/DINOv2 linear segmentation head: BatchNorm2d + 1×1 conv on patch features; logits upsampled to the labels."
     def __init__(self, in_channels: int, num_classes: int, grid=None):
         super().__init__()
-        self.in_channels, self.num_classes = _check_pos_int(in_channels, "in_channels"), _check_num_classes(num_classes)
+        self.in_channels, self.num_classes = check_int(in_channels, "in_channels"), _check_num_classes(num_classes)
         self.bn = nn.BatchNorm2d(in_channels)
         self.conv = nn.Conv2d(in_channels, num_classes, 1)
         nn.init.normal_(self.conv.weight, 0.0, 0.01); nn.init.zeros_(self.conv.bias)
@@ -274,7 +266,7 @@ def _fit_sweep(build: Callable, loss_fn: Callable, evaluate: Callable, key: str,
                feats: Tensor, targets: Tensor, lrs, epochs: int, batch_size: int, optimizer: str,
                weight_decay: float, seed: int, device, progress: bool, what: str) -> tuple[nn.Module, dict]:
     "Train a head per learning rate; keep the (lr, epoch) with the best validation `key`."
-    lrs, epochs, bs = _check_lrs(lrs), _check_pos_int(epochs, "epochs"), _check_pos_int(batch_size, "batch_size")
+    lrs, epochs, bs = _check_lrs(lrs), check_int(epochs, "epochs"), check_int(batch_size, "batch_size")
     check_choice(optimizer, "optimizer", ("adamw", "sgd"))
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)): raise ValueError(f"seed: expected an integer, got {seed!r}")
     dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -291,7 +283,7 @@ def _fit_sweep(build: Callable, loss_fn: Callable, evaluate: Callable, key: str,
             probe = build().to(dev)
             opt = (torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay) if optimizer == "adamw" else
                    torch.optim.SGD(probe.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay))
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_schedule(min(s, steps), steps, 1.0, 0.0))
             g = torch.Generator().manual_seed(int(seed))
             for ep in range(1, epochs + 1):
                 probe.train(); total, n = 0.0, 0
@@ -338,11 +330,11 @@ class DepthProbe(nn.Module):
     def __init__(self, in_channels: int, head: str = "log", n_bins: int = 256, min_depth: float = 0.1,
                  max_depth: float = 10.0, init_log_depth: float = 0.0, bins_upsample: int = 4, grid=None):
         super().__init__()
-        self.bins_upsample = _check_pos_int(bins_upsample, "bins_upsample")
-        self.in_channels, self.head = _check_pos_int(in_channels, "in_channels"), check_choice(head, "head", ("log", "bins"))
+        self.bins_upsample = check_int(bins_upsample, "bins_upsample")
+        self.in_channels, self.head = check_int(in_channels, "in_channels"), check_choice(head, "head", ("log", "bins"))
         if not (0 < min_depth < max_depth < math.inf): raise ValueError(f"min_depth, max_depth: expected 0 < min < max < inf, got {min_depth}, {max_depth}")
         self.bn = nn.BatchNorm2d(in_channels)
-        self.conv = nn.Conv2d(in_channels, 1 if head == "log" else _check_pos_int(n_bins, "n_bins"), 1)
+        self.conv = nn.Conv2d(in_channels, 1 if head == "log" else check_int(n_bins, "n_bins"), 1)
         nn.init.normal_(self.conv.weight, 0.0, 0.01); nn.init.zeros_(self.conv.bias)
         if head == "log": nn.init.constant_(self.conv.bias, float(init_log_depth))
         self.register_buffer("log_bins", torch.linspace(math.log(min_depth), math.log(max_depth), self.conv.out_channels))
@@ -423,8 +415,7 @@ def token_moments(feats: Tensor, chunk: int = 64, name: str = "feats") -> tuple[
 
 def fit_whitening(train_feats: Tensor, shrink: float = 0.1, chunk: int = 64) -> tuple[Tensor, Tensor]:  # train_feats [N, C, h, w] -> (mean [C], W [C, C])
     "Mean and shrunk ZCA whitening matrix (Σ + ε I)^(-1/2), ε = shrink · mean eigenvalue, of the train tokens."
-    if isinstance(shrink, bool) or not isinstance(shrink, (int, float)) or not (shrink > 0 and math.isfinite(shrink)):
-        raise ValueError(f"shrink: expected a positive number, got {shrink!r}")
+    shrink = check_number(shrink, "shrink", 0, lo_open=True)
     mu, cov = token_moments(train_feats, chunk, "train_feats")
     evals, evecs = torch.linalg.eigh(cov)
     evals = evals.clamp_min(0)
@@ -542,8 +533,8 @@ def format_table(rows: dict, pct_decimals: int = 1, decimals: int = 3) -> str:
 # %% ../nbs/13_probes.ipynb #f64c2add
 def position_features(n: int, grid) -> Tensor:  # -> [n, h*w, h, w]
     "The layout-prior baseline's features: the one-hot token position on an (h, w) grid, the same for all `n` images."
-    h, w = (_check_pos_int(g, "grid") for g in tuple(grid))
-    return torch.eye(h * w).reshape(h * w, h, w)[None].expand(_check_pos_int(n, "n"), -1, -1, -1)
+    h, w = (check_int(g, "grid") for g in tuple(grid))
+    return torch.eye(h * w).reshape(h * w, h, w)[None].expand(check_int(n, "n"), -1, -1, -1)
 
 # %% ../nbs/13_probes.ipynb #ce55534a
 def view_pairs(n_views: int, gap: int = 2, per_room: int = 4) -> list[tuple[int, int]]:

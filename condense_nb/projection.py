@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .core import check_tensor, check_choice
+from .core import check_tensor, check_choice, check_int
 
 # %% auto #0
 __all__ = ['ZBUFFER_FAR_LEVEL', 'axis3_rotations', 'ring_rotations', 'ViewParams', 'view_rotations', 'view_coords', 'fit_views',
@@ -25,7 +25,7 @@ def axis3_rotations(dtype=torch.float32) -> Tensor:  # -> [3, 3, 3]
 
 def ring_rotations(n: int, elevation_deg: float = 0.0, dtype=torch.float32) -> Tensor:  # -> [n, 3, 3]
     "`n` upright orthographic views on a ring around +z (azimuth 2πk/n), looking down by `elevation_deg`."
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1: raise ValueError(f"views: expected a ring of n >= 1 views, got {n!r}")
+    n = check_int(n, "views")
     if not -90 < elevation_deg < 90: raise ValueError(f"elevation_deg: expected a value in (-90, 90), got {elevation_deg}")
     th = torch.arange(n, dtype=torch.float64) * (2 * math.pi / n)
     ph = torch.tensor(math.radians(elevation_deg), dtype=torch.float64).expand(n)
@@ -133,8 +133,7 @@ def project_views(points: Tensor, size: int = 224, views="axis3", splat: int = 2
     "Depth images of a cloud (official `sum` splatting or `zbuffer`) and every point's (row, col) pixel in every view."
     points = _check_points(points)
     check_choice(mode, "mode", ["sum", "zbuffer"])
-    if isinstance(splat, bool) or not isinstance(splat, int) or splat < 0:
-        raise ValueError(f"splat: expected an int >= 0 (splat radius in pixels; the paper uses 2), got {splat!r}")
+    splat = check_int(splat, "splat", 0)
     params = fit_views(points, size, views)
     pix = points_to_pixels(points, params)                                             # [B, V, N, 2]
     S = params.size
@@ -157,8 +156,7 @@ def read_back(maps: Tensor, pix: Tensor, image_size: int, mode: str = "bicubic")
     if not isinstance(maps, Tensor) or maps.ndim != 5: raise ValueError(f"maps: expected a tensor [B, V, C, h, w], got {getattr(maps, 'shape', type(maps).__name__)}")
     if not isinstance(pix, Tensor) or pix.ndim != 4 or pix.shape[-1] != 2 or pix.shape[:2] != maps.shape[:2]:
         raise ValueError(f"pix: expected [B, V, N, 2] with B, V = {list(maps.shape[:2])}, got {list(getattr(pix, 'shape', []))}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size: expected the int S of the S x S projected images, got {image_size!r}")
+    image_size = check_int(image_size, "image_size")
     S = image_size
     if pix.min() < 0 or pix.max() >= S: raise ValueError(f"pix: pixels must lie in [0, {S - 1}]")
     B, V, C, h, w = maps.shape

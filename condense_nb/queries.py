@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .core import check_tensor, check_choice
+from .core import check_tensor, check_choice, check_int
 
 # %% auto #0
 __all__ = ['TEXT_DIM', 'global_embedding', 'SceneRepository', 'set_similarity', 'match_scores', 'rank', 'match_image',
@@ -168,19 +168,15 @@ def _rankings(rankings) -> list[list[int]]:
     if not r: raise ValueError("rankings: expected at least one query")
     return r
 
-def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1: raise ValueError(f"k: expected a positive int, got {k!r}")
-    return int(k)
-
 def recall_at_k(rankings, targets, k: int) -> float:
     "Mean over queries of the share of their relevant scenes (an int or a set each) found in the top `k`."
-    k, R = _check_k(k), _rankings(rankings)
+    k, R = check_int(k, "k"), _rankings(rankings)
     T = _targets(targets, len(R))
     return float(np.mean([len(t & set(r[:k])) / len(t) for r, t in zip(R, T)]))
 
 def topk_accuracy(rankings, targets, k: int = 1) -> float:
     "Share of queries with at least one relevant scene in the top `k`."
-    k, R = _check_k(k), _rankings(rankings)
+    k, R = check_int(k, "k"), _rankings(rankings)
     T = _targets(targets, len(R))
     return float(np.mean([bool(t & set(r[:k])) for r, t in zip(R, T)]))
 
@@ -221,8 +217,7 @@ class TextProjection(nn.Module):
     "Scene embedding [.., E] -> unit vector in text space [.., T]: standardise, linear (or MLP with `hidden`), normalise."
     def __init__(self, in_dim: int, out_dim: int = TEXT_DIM, hidden: int | None = None):
         super().__init__()
-        for n, v in (("in_dim", in_dim), ("out_dim", out_dim)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{n}: expected a positive int, got {v!r}")
+        in_dim, out_dim = check_int(in_dim, "in_dim"), check_int(out_dim, "out_dim")
         self.in_dim, self.out_dim = in_dim, out_dim
         self.register_buffer("mean", torch.zeros(in_dim)); self.register_buffer("std", torch.ones(in_dim))
         self.net = nn.Linear(in_dim, out_dim) if not hidden else nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
@@ -250,7 +245,7 @@ def fit_text_projection(scene_emb: Tensor, text_emb: Tensor, hidden: int | None 
     x = _check_desc(scene_emb, "scene_emb")
     if len(x) < 2: raise ValueError(f"scene_emb: InfoNCE needs at least 2 pairs (negatives), got {len(x)}")
     t = _check_text_emb(text_emb, len(x))
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1: raise ValueError(f"epochs: expected a positive int, got {epochs!r}")
+    epochs = check_int(epochs, "epochs")
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     proj = TextProjection(x.shape[1], t.shape[-1], hidden).set_stats(x)

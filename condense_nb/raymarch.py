@@ -12,7 +12,7 @@ from torch import Tensor
 from .core import check_tensor
 
 # %% auto #0
-__all__ = ['check_aabb', 'ray_aabb', 'stratified_samples', 'sample_grid_reference', 'sample_grid', 'volume_render',
+__all__ = ['check_aabb', 'ray_aabb', 'stratified_samples', 'check_grid', 'sample_grid_reference', 'sample_grid', 'volume_render',
            'fuse_occupancy', 'importance_samples', 'render_rays']
 
 # %% ../nbs/40_raymarch.ipynb #1cbc3cc5
@@ -58,7 +58,8 @@ def stratified_samples(t_near: Tensor, t_far: Tensor, n_samples: int, perturb: b
     return edges[:, :-1], edges[:, 1:]
 
 # %% ../nbs/40_raymarch.ipynb #0ae6b0df
-def _check_grid(grid) -> Tensor:
+def check_grid(grid) -> Tensor:
+    "`grid` if it is a non-empty [C, D, H, W] tensor, else a `ValueError`."
     if not isinstance(grid, Tensor) or grid.ndim != 4: raise ValueError(f"grid: expected a tensor of shape [C, D, H, W], got {getattr(grid, 'shape', type(grid))}")
     if grid.shape[0] == 0: raise ValueError("grid: has zero channels")
     if min(grid.shape[1:]) < 1: raise ValueError(f"grid: empty spatial size {list(grid.shape[1:])}")
@@ -88,7 +89,7 @@ def sample_grid_reference(grid: Tensor, aabb: Tensor, points: Tensor) -> Tensor:
 
 def sample_grid(grid: Tensor, aabb: Tensor, points: Tensor) -> Tensor:  # [C, D, H, W], [2, 3], [P, 3] -> [P, C]
     "Trilinear features at `points` (D along z, H along y, W along x; AABB = voxels' outer faces); 0 outside the AABB."
-    grid, aabb = _check_grid(grid), check_aabb(aabb).to(grid)
+    grid, aabb = check_grid(grid), check_aabb(aabb).to(grid)
     points = check_tensor(points, "points", (None, 3)).to(grid)
     g = (points - aabb[0]) / (aabb[1] - aabb[0]) * 2 - 1                                 # AABB -> [-1, 1], (x, y, z) order
     out = F.grid_sample(grid[None], g[None, :, None, None, :], mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -146,7 +147,7 @@ def render_rays(feature_grid: Tensor, density_grid: Tensor, aabb: Tensor, origin
                 n_samples: int = 64, perturb: bool = False, occupancy: Tensor | None = None, detach_density: bool = False,
                 generator: torch.Generator | None = None) -> dict:  # [C,D,H,W], [1,D',H',W'], [2,3], [R,3], [R,3]
     "Render features, depth and opacity of rays through a feature grid with a density grid (see above)."
-    feature_grid, density_grid = _check_grid(feature_grid), _check_grid(density_grid)
+    feature_grid, density_grid = check_grid(feature_grid), check_grid(density_grid)
     if density_grid.shape[0] != 1: raise ValueError(f"density_grid: expected 1 channel, got {density_grid.shape[0]}")
     origins, dirs = _check_rays(origins, dirs)
     aabb = check_aabb(aabb).to(origins)

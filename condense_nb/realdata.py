@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
-from .core import check_tensor, check_choice, load_json, save_json, atomic_save_image
+from .core import check_tensor, check_choice, check_int, load_json, save_json, atomic_save_image
 
 # %% auto #0
 __all__ = ['MODELNET40_CLASSES', 'SCANOBJECTNN_CLASSES', 'SCANOBJECTNN_VARIANTS', 'c2w_opengl_to_viewmat',
@@ -338,9 +338,8 @@ class PointCloudDataset(Dataset):
         N, P = self.points.shape[:2]
         self.labels = check_tensor(labels, "labels", (N,), dtype=torch.int64)
         if N and self.labels.min() < 0: raise ValueError(f"labels: expected class ids >= 0, got {self.labels.min().item()}")
-        if n_points is not None and (isinstance(n_points, bool) or not isinstance(n_points, (int, np.integer)) or not 1 <= n_points <= P):
-            raise ValueError(f"n_points: expected None or an integer in [1, {P}], got {n_points!r}")
-        if not isinstance(seed, (int, np.integer)) or seed < 0: raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+        if n_points is not None: n_points = check_int(n_points, "n_points (None: all points)", 1, P)
+        check_int(seed, "seed", 0)
         self.n_points, self.normalize, self.augment, self.seed = n_points, bool(normalize), bool(augment), int(seed)
         self.up_axis, self.epoch = check_choice(up_axis, "up_axis", (0, 1, 2)), 0
 

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import torch
 from torch import Tensor
-from .core import check_choice
+from .core import check_choice, check_int
 from . import scenes
 from .scenes import Scene, make_object, sample_points, render, box, CLASS_ID, PALETTE, AGAINST_WALL, BOX
 from .cameras import intrinsics, look_at, unproject
@@ -20,11 +20,6 @@ __all__ = ['SHAPE_CLASSES', 'SCAN_FOV', 'SPLIT_SEED_OFFSETS', 'CLASS_STRIDE', 'n
 
 # %% ../nbs/03_shapes.ipynb #60239a21
 SHAPE_CLASSES = scenes.OBJECT_CLASSES
-
-def _check_int(x, name: str, lo: int) -> int:
-    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)) or x < lo:
-        raise ValueError(f"{name}: expected an int >= {lo}, got {x!r}")
-    return int(x)
 
 def _check_class(class_id) -> int:
     if isinstance(class_id, (bool, np.bool_)) or not isinstance(class_id, (int, np.integer)) or not 0 <= class_id < len(SHAPE_CLASSES):
@@ -46,7 +41,7 @@ def normalize_unit_sphere(points) -> tuple[Tensor, Tensor, Tensor]:  # points [N
 # %% ../nbs/03_shapes.ipynb #9567c432
 def shape_record(class_id: int, seed: int, n_points: int = 1024) -> dict:
     "A clean shape with its provenance: points [N,3] (unit sphere), label, world [N,3], normals [N,3], center [3], scale, scene."
-    cid, seed, n = _check_class(class_id), _check_int(seed, "seed", 0), _check_int(n_points, "n_points", 1)
+    cid, seed, n = _check_class(class_id), check_int(seed, "seed", 0), check_int(n_points, "n_points")
     prims, info = make_object(cid, np.random.default_rng(seed), instance_id=1)
     scene = Scene(prims, meta=dict(objects=[info]))
     pc = sample_points(scene, n, seed=seed)
@@ -143,8 +138,8 @@ def _scan_scene(cid: int, seed: int, rng: np.random.Generator, n_other: int) -> 
 def scan_record(class_id: int, seed: int, n_points: int = 1024, resolution: int = 128, enlarge: float = 1.2,
                 max_translate: float = 0.5, scale_range=(0.8, 1.2)) -> dict:
     "A PB_T50_RS-like scan with its provenance: points [N,3], label, mask [N], world [N,3], rotation, scene, K, viewmat, box, ..."
-    cid, seed, n = _check_class(class_id), _check_int(seed, "seed", 0), _check_int(n_points, "n_points", 1)
-    res = _check_int(resolution, "resolution", 16)
+    cid, seed, n = _check_class(class_id), check_int(seed, "seed", 0), check_int(n_points, "n_points")
+    res = check_int(resolution, "resolution", 16)
     if not enlarge > 0: raise ValueError(f"enlarge: expected > 0, got {enlarge!r}")
     if not max_translate >= 0: raise ValueError(f"max_translate: expected >= 0, got {max_translate!r}")
     lo_s, hi_s = (float(v) for v in scale_range)
@@ -200,7 +195,7 @@ CLASS_STRIDE = 1_000_000
 def split_items(split: str, n_per_class: int, base_seed: int = 0) -> list[tuple[int, int]]:
     "The fixed `(class_id, seed)` items of `split` ('train' | 'val' | 'test'), class by class."
     check_choice(split, "split", tuple(SPLIT_SEED_OFFSETS))
-    n, base = _check_int(n_per_class, "n_per_class", 1), _check_int(base_seed, "base_seed", 0)
+    n, base = check_int(n_per_class, "n_per_class"), check_int(base_seed, "base_seed", 0)
     if n > CLASS_STRIDE: raise ValueError(f"n_per_class: expected at most {CLASS_STRIDE} (the class stride), got {n}")
     off = base + SPLIT_SEED_OFFSETS[split]
     return [(c, off + c * CLASS_STRIDE + i) for c in range(len(SHAPE_CLASSES)) for i in range(n)]
@@ -210,7 +205,7 @@ def make_shape_set(split: str, n_per_class: int, n_points: int = 1024, variant: 
                    progress: bool = False) -> dict:
     "A whole split: points [M,N,3], labels [M], mask [M,N] (scan) or None (clean), seeds [M]."
     check_choice(variant, "variant", ("clean", "scan"))
-    n_points = _check_int(n_points, "n_points", 1)
+    n_points = check_int(n_points, "n_points")
     items = split_items(split, n_per_class, base_seed)
     from tqdm.auto import tqdm
     pts, masks = [], []

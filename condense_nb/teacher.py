@@ -10,16 +10,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .core import atomic_write_bytes, save_json, load_json, check_choice, seed_everything, get_device, preset_config
+from .core import (atomic_write_bytes, save_json, load_json, check_choice, seed_everything, get_device, preset_config,
+                             cosine_schedule)
 from .encoders import DenseEncoder, save_encoder
 
 # %% auto #0
 __all__ = ['PRESETS', 'TeacherConfig', 'from_preset', 'crop_boxes', 'apply_crops', 'random_resized_crop', 'color_jitter',
            'random_grayscale', 'gaussian_blur', 'solarize', 'channel_permute', 'multi_crop', 'toy_images', 'DinoHead',
            'DinoNet', 'vit_tokens', 'random_patch_masks', 'softmax_ce', 'dino_loss', 'ibot_loss', 'update_center',
-           'token_grid', 'dense_loss', 'sinkhorn_knopp', 'cosine_schedule', 'ema_update', 'param_groups', 'schedules',
-           'DinoState', 'autocast_bf16', 'train_step', 'as_image_dataset', 'batch_indices', 'save_checkpoint',
-           'load_checkpoint', 'teacher_encoder', 'train_teacher']
+           'token_grid', 'dense_loss', 'sinkhorn_knopp', 'ema_update', 'param_groups', 'schedules', 'DinoState',
+           'autocast_bf16', 'train_step', 'as_image_dataset', 'batch_indices', 'save_checkpoint', 'load_checkpoint',
+           'teacher_encoder', 'train_teacher']
 
 # %% ../nbs/12_teacher.ipynb #f1b2bb2a
 @dataclass
@@ -338,12 +339,6 @@ def sinkhorn_knopp(logits: Tensor, temp: float, n_iter: int = 3) -> Tensor:  # [
     return (Q * N).T
 
 # %% ../nbs/12_teacher.ipynb #eb0556b9
-def cosine_schedule(step: int, total: int, start: float, end: float, warmup_steps: int = 0, warmup_start: float = 0.0) -> float:
-    "Linear warm-up from `warmup_start` to `start` over `warmup_steps`, then cosine from `start` to `end` at `total`."
-    if step < warmup_steps: return warmup_start + (start - warmup_start) * step / warmup_steps
-    t = min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))
-    return end + (start - end) * (1 + math.cos(math.pi * t)) / 2
-
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     "In place: every teacher parameter <- momentum * teacher + (1 - momentum) * student."

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from matplotlib.figure import Figure
-from .core import check_tensor, atomic_write_bytes, atomic_write_text, atomic_savefig
+from .core import check_tensor, check_int, check_number, atomic_write_bytes, atomic_write_text, atomic_savefig
 from .cameras import get_rays, camera_center
 from .scenes import CLASSES
 
@@ -28,7 +28,7 @@ def _hex_rgb(h: str) -> tuple:
 def label_palette(n: int) -> np.ndarray:  # -> [n, 3]
     "The first `n` colours (RGB in [0, 1]) of the fixed categorical palette; class `c` is row `c`."
     import colorsys
-    if not (isinstance(n, (int, np.integer)) and n >= 0): raise ValueError(f"n: expected a non-negative int, got {n!r}")
+    n = check_int(n, "n", 0)
     cols = [_hex_rgb(h) for h in _TAB20[:n]]
     cols += [colorsys.hsv_to_rgb((0.618034 * c) % 1.0, 0.65, 0.9) for c in range(len(cols), n)]
     return np.asarray(cols, dtype=np.float32).reshape(n, 3)
@@ -168,7 +168,7 @@ def view_grid(views, class_names=CLASSES, depth_range=None, row_titles=None, cel
 # %% ../nbs/07_viz.ipynb #1166bf66
 def frustum_lines(K, viewmat, width: int, height: int, depth: float = 0.3) -> Tensor:  # K [3, 3], viewmat [4, 4] -> [16, 3]
     "Wireframe of a camera frustum as 8 segments (16 vertices in pairs): centre→corners, then the image rectangle at z-depth `depth`."
-    if not (isinstance(depth, (int, float)) and math.isfinite(depth) and depth > 0): raise ValueError(f"depth: expected a positive number, got {depth!r}")
+    depth = check_number(depth, "depth", 0, lo_open=True)
     viewmat = check_tensor(viewmat, "viewmat", (4, 4))
     _, d = get_rays(K, viewmat, width, height)                        # [H, W, 3] unit, world space
     rows, cols = torch.tensor([0, 0, height - 1, height - 1]), torch.tensor([0, width - 1, width - 1, 0])

@@ -85,8 +85,8 @@ def test_nms_constant_map_and_empty():
 def test_nms_bad_inputs():
     with pytest.raises(ValueError, match="heat: expected shape"): nms_2d(torch.rand(1, 4, 4))
     with pytest.raises(ValueError, match="score: expected shape"): nms_3d(torch.rand(4, 4))
-    with pytest.raises(ValueError, match="radius: expected an int >= 0"): nms_2d(torch.rand(4, 4), radius=-1)
-    with pytest.raises(ValueError, match="radius: expected an int >= 0"): nms_2d(torch.rand(4, 4), radius=1.5)
+    with pytest.raises(ValueError, match=r"radius: expected a non-negative int \(an int >= 0\)"): nms_2d(torch.rand(4, 4), radius=-1)
+    with pytest.raises(ValueError, match=r"radius: expected a non-negative int \(an int >= 0\)"): nms_2d(torch.rand(4, 4), radius=1.5)
     with pytest.raises(ValueError, match="top_k: expected a positive int"): nms_2d(torch.rand(4, 4), top_k=0)
     with pytest.raises(ValueError, match="heat: contains NaN"): nms_2d(torch.full((4, 4), float("nan")))
     with pytest.raises(ValueError, match="mask: expected a tensor of shape"): nms_3d(torch.rand(2, 3, 4), mask=torch.ones(2, 3))

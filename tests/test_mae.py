@@ -1,6 +1,7 @@
 """Tests for condense_nb.mae (the point MAE of I2P-MAE): output shapes, the 3D target and loss against brute-force
 kNN/Chamfer references, the loss falling on a tiny run, the encoder seeing only visible tokens, invariance to the
 order of the points, w_2d = 0 leaving gradients untouched, resume == uninterrupted training, checkpoints, configs."""
+import dataclasses
 import json
 import math
 
@@ -305,15 +306,23 @@ def test_scale_translate_ranges():
     (dict(mask_ratio=0.02), "masks at least one"),
     (dict(n_groups=600), "MAEConfig.n_groups: expected <= n_points=512"),
     (dict(target_points=17), "MAEConfig.target_points: expected <= group_size=16"),
-    (dict(feat_dim=0), "MAEConfig.feat_dim: expected None or an int >= 1"),
+    (dict(feat_dim=0), "MAEConfig.feat_dim: expected a positive int (an int >= 1)"),
     (dict(warmup_epochs=9), "MAEConfig.warmup_epochs: expected <= epochs=4"),
-    (dict(depth=1.5), "MAEConfig.depth: expected an int >= 1"),
-    (dict(lr=float("nan")), "MAEConfig.lr: expected a number > 0"),
+    (dict(depth=1.5), "MAEConfig.depth: expected a positive int (an int >= 1)"),
+    (dict(lr=float("nan")), "MAEConfig.lr: expected a positive number (a number > 0)"),
     (dict(dimm=1), "unknown MAEConfig field(s) ['dimm']"),
 ])
 def test_bad_config(kw, msg):
     with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
         from_preset("tiny", **kw)
+
+
+def test_config_numpy_scalars_become_python_numbers():
+    "NumPy scalars pass the config checks and are stored as Python numbers, so the config still serialises to JSON."
+    cfg = from_preset("tiny", epochs=np.int64(5), seed=np.int32(3), lr=np.float32(0.5), feat_dim=np.int64(8))
+    assert (type(cfg.epochs), type(cfg.seed), type(cfg.lr), type(cfg.feat_dim)) == (int, int, float, int)
+    assert json.loads(json.dumps(dataclasses.asdict(cfg)))["lr"] == 0.5
+    with pytest.raises(ValueError, match="MAEConfig.depth"): from_preset("tiny", depth=np.bool_(True))
 
 
 def test_bad_preset_and_inputs():

@@ -113,7 +113,7 @@ def test_global_features_eval_mode_and_batch_invariance():
     assert ref.shape == (9, 2 * mae.cfg.dim)
     with pytest.raises(ValueError, match="fewer than the encoder's 32 tokens"): extract_global_features(mae, X[:, :10])
     with pytest.raises(ValueError, match="pool: unknown value"): extract_global_features(mae, X, pool="avg")
-    with pytest.raises(ValueError, match="batch_size: expected an int >= 1"): extract_global_features(mae, X, batch_size=0)
+    with pytest.raises(ValueError, match=r"batch_size: expected a positive int \(an int >= 1\)"): extract_global_features(mae, X, batch_size=0)
     with pytest.raises(ValueError, match="points: contains NaN"): extract_global_features(mae, X.clone().fill_(float("nan")))
 
 
@@ -183,7 +183,7 @@ def test_finetune_bad_input(ft_data):
     with pytest.raises(ValueError, match="test labels: expected 9 integer"): finetune_classifier(mae, train, val, (test[0], test[1][:4]), cfg)
     with pytest.raises(ValueError, match="n_classes: 2 is too few"): finetune_classifier(mae, train, val, test, cfg, n_classes=2)
     with pytest.raises(ValueError, match="train points: clouds have N=20 points"): finetune_classifier(mae, (train[0][:, :20], train[1]), val, test, cfg)
-    with pytest.raises(ValueError, match="seeds: expected an int >= 0"): finetune_classifier(mae, train, val, test, cfg, seeds=(-1,))
+    with pytest.raises(ValueError, match=r"seeds: expected a non-negative int \(an int >= 0\)"): finetune_classifier(mae, train, val, test, cfg, seeds=(-1,))
     with pytest.raises(ValueError, match="FinetuneConfig.batch_size"): FinetuneConfig(batch_size=1)
     with pytest.raises(ValueError, match="FinetuneConfig.scale"): FinetuneConfig(scale=(1.2, 0.8))
     with pytest.raises(ValueError, match="unknown FinetuneConfig field"): finetune_preset("tiny", lr_max=1.0)

@@ -411,7 +411,7 @@ def test_point_cloud_dataset_augmentation_is_a_similarity_about_the_up_axis():
 
 def test_point_cloud_dataset_errors():
     pts = torch.zeros(2, 10, 3)
-    with pytest.raises(ValueError, match=r"n_points: expected None or an integer in \[1, 10\]"): PointCloudDataset(pts, [0, 1], n_points=11)
+    with pytest.raises(ValueError, match=r"n_points \(None: all points\): expected an int in \[1, 10\]"): PointCloudDataset(pts, [0, 1], n_points=11)
     with pytest.raises(ValueError, match=r"labels: expected shape \[2\]"): PointCloudDataset(pts, [0, 1, 2])
     with pytest.raises(ValueError, match=r"points: expected shape \[\*, \*, 3\]"): PointCloudDataset(torch.zeros(2, 10, 2), [0, 1])
     with pytest.raises(ValueError, match="points: contains NaN"): PointCloudDataset(torch.full((2, 10, 3), float("nan")), [0, 1])
