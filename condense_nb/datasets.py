@@ -4,14 +4,14 @@
 
 # %% ../nbs/04_datasets.ipynb #c02c3409
 from __future__ import annotations
-import dataclasses, json, shutil, time
+import dataclasses, hashlib, json, math, shutil, time
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-from .core import check_choice, check_int, atomic_write_bytes, save_json, load_json, st_bytes
+from .core import check_tensor, check_choice, check_int, atomic_write_bytes, save_json, load_json, st_bytes
 from .cameras import intrinsics, inroom_path
 from .scenes import (CLASSES, make_room, near_duplicate, caption, render, sample_points,
                                 scene_to_dict, scene_from_dict, Scene)
@@ -19,8 +19,8 @@ from .scenes import (CLASSES, make_room, near_duplicate, caption, render, sample
 # %% auto #0
 __all__ = ['MAX_ROOMS', 'MAX_DUPS', 'PRESETS', 'SPLITS', 'ROOM_SPLITS', 'SPLIT_OFFSET', 'DUP_CHOICE_OFFSET', 'SHAPE_VARIANTS',
            'VIEW_KEYS', 'POINT_KEYS', 'DataConfig', 'get_preset', 'dup_test_rooms', 'room_plan', 'split_seeds',
-           'build_room', 'shape_plan', 'build_shape_set', 'resolve_config', 'build_preset', 'RoomViews', 'RoomScenes',
-           'hwc', 'ShapeSet', 'dataset_stats']
+           'read_text', 'read_json', 'build_room', 'shape_plan', 'build_shape_set', 'resolve_config', 'build_preset',
+           'verify_sha256', 'check_arrays', 'RoomViews', 'RoomScenes', 'hwc', 'ShapeSet', 'dataset_stats']
 
 # %% ../nbs/04_datasets.ipynb #5512de44
 @dataclass(frozen=True)
@@ -111,6 +111,20 @@ def split_seeds(cfg: DataConfig, split: str) -> list[int]:
     check_choice(split, "split", ROOM_SPLITS)
     return [r["seed"] for r in room_plan(cfg) if r["split"] == split]
 
+# %% ../nbs/04_datasets.ipynb #101a9f5f
+def read_text(path) -> str:
+    "The UTF-8 text of `path`, raising a `ValueError` naming the file if it is missing or not UTF-8."
+    path = Path(path)
+    if not path.is_file(): raise ValueError(f"{path}: file not found")
+    try: return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e: raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+def read_json(path) -> object:
+    "JSON from the UTF-8 file `path`, raising a `ValueError` naming the file if it is missing, not UTF-8 or malformed."
+    text = read_text(path)
+    try: return json.loads(text)
+    except json.JSONDecodeError as e: raise ValueError(f"{path}: malformed JSON ({e})") from None
+
 # %% ../nbs/04_datasets.ipynb #63285e88
 def _room_record(item: dict, scene: Scene) -> dict:
     keys = ("scene_id", "split", "seed", "camera_seed", "points_seed", "duplicate_of", "dup_seed")
@@ -123,7 +137,7 @@ def build_room(item: dict, cfg: DataConfig, folder) -> Path:
     if item["duplicate_of"] is not None:
         scene = near_duplicate(scene_from_dict(json.loads(json.dumps(scene_to_dict(scene), default=_default))), seed=item["dup_seed"])
     save_json(folder/"scene.json", _room_record(item, scene))
-    scene = scene_from_dict(load_json(folder/"scene.json"), str(folder/"scene.json"))   # render what is on disk
+    scene = scene_from_dict(read_json(folder/"scene.json"), str(folder/"scene.json"))   # render what is on disk
     K = intrinsics(cfg.fov, cfg.width, cfg.height)
     viewmats = inroom_path(scene.meta["size"], cfg.views_per_room, seed=item["camera_seed"])
     outs = [render(scene, K, V, cfg.width, cfg.height, shadows=cfg.shadows) for V in viewmats]
@@ -131,12 +145,15 @@ def build_room(item: dict, cfg: DataConfig, folder) -> Path:
     views = dict(rgb=(st("rgb") * 255).round().clamp(0, 255).to(torch.uint8), depth=st("depth").float(),
                  semantic=st("semantic").to(torch.int16), instance=st("instance").to(torch.int16),
                  normal=st("normal").to(torch.float16), K=K.expand(len(viewmats), 3, 3).float(), viewmats=viewmats.float())
-    atomic_write_bytes(folder/"views.safetensors", st_bytes(views, {"scene_id": item["scene_id"]}))
+    vb = st_bytes(views, {"scene_id": item["scene_id"]})
+    atomic_write_bytes(folder/"views.safetensors", vb)
     pc = sample_points(scene, cfg.points_per_room, seed=item["points_seed"])
     pts = dict(points=pc["points"].float(), colors=pc["colors"].float(), normals=pc["normals"].float(),
                semantic=pc["semantic"].to(torch.int16), instance=pc["instance"].to(torch.int16))
-    atomic_write_bytes(folder/"points.safetensors", st_bytes(pts, {"scene_id": item["scene_id"]}))
-    atomic_write_bytes(folder/"DONE", b"")
+    pb = st_bytes(pts, {"scene_id": item["scene_id"]})
+    atomic_write_bytes(folder/"points.safetensors", pb)
+    sums = {"scene.json": (folder/"scene.json").read_bytes(), "views.safetensors": vb, "points.safetensors": pb}
+    save_json(folder/"DONE", dict(sha256={k: hashlib.sha256(b).hexdigest() for k, b in sums.items()}))   # the room is complete
     return folder
 
 def _default(o):
@@ -159,7 +176,8 @@ def build_shape_set(variant: str, split: str, cfg: DataConfig, path) -> Path:
     t = dict(points=torch.as_tensor(d["points"]).float(), labels=torch.as_tensor(d["labels"]).long())
     if d.get("mask") is not None: t["mask"] = torch.as_tensor(d["mask"]).bool()
     if d.get("seeds") is not None: t["seeds"] = torch.as_tensor(d["seeds"]).long()
-    meta = dict(variant=variant, split=split, classes=json.dumps(list(SHAPE_CLASSES)))
+    # one metadata key: safetensors writes several in hash order, which would make two identical builds differ in bytes
+    meta = dict(shape_set=json.dumps(dict(variant=variant, split=split, classes=list(SHAPE_CLASSES)), sort_keys=True))
     return atomic_write_bytes(path, st_bytes(t, meta))
 
 # %% ../nbs/04_datasets.ipynb #8fd32ed0
@@ -185,7 +203,7 @@ def build_preset(preset, root="data", progress: bool = True, overwrite: bool = F
             elif p.exists(): p.unlink()
     rec = _config_record(cfg)
     if (out/"config.json").exists():
-        old = load_json(out/"config.json")
+        old = read_json(out/"config.json")
         if old != json.loads(json.dumps(rec)):
             oc = old.get("config", {}) if isinstance(old, dict) else {}
             diff = sorted(k for k in set(oc) | set(rec["config"]) if oc.get(k) != rec["config"].get(k)) or ["format/version"]
@@ -215,14 +233,83 @@ def build_preset(preset, root="data", progress: bool = True, overwrite: bool = F
             bar.update()
     save_json(out/"build.json", dict(seconds=round(time.time() - t0, 3), items_built=built, items_reused=reused,
                                      torch_threads=torch.get_num_threads(), torch=torch.__version__))
-    atomic_write_bytes(out/"DONE", b"")
+    sums = {f"shapes/{v}_{s}.safetensors": hashlib.sha256((out/"shapes"/f"{v}_{s}.safetensors").read_bytes()).hexdigest()
+            for v, s in shapes}
+    save_json(out/"DONE", dict(sha256=sums))
     return out
+
+# %% ../nbs/04_datasets.ipynb #d565303e
+def verify_sha256(path, data: bytes, expected: str | None, remedy: str = "") -> None:
+    "Raise a `ValueError` naming `path` if `data` does not hash to `expected` (the hex sha256 recorded at build time; None: nothing recorded, nothing to check)."
+    if expected is None: return
+    got = hashlib.sha256(data).hexdigest()
+    if got != expected:
+        raise ValueError(f"{path}: sha256 {got[:12]}... does not match the {str(expected)[:12]}... recorded at build time "
+                         f"(the file is damaged){'; ' + remedy if remedy else ''}")
+
+def _fmt_dtype(dt) -> str: return str(dt).removeprefix("torch.")
+
+def check_arrays(path, tensors: dict, spec: dict, optional=()) -> dict:
+    "Check `tensors` read from `path` against `spec` = {name: (dtype, shape, lo, hi)}: exact dtype, shape (None = any size), no NaN, values in [lo, hi] (None = unbounded); floats must be finite unless `hi` is `inf`. One `ValueError` names the file, the tensor and what was expected."
+    missing = [k for k in spec if k not in tensors and k not in optional]
+    if missing: raise ValueError(f"{path}: missing tensors {missing}")
+    for k, (dtype, shape, lo, hi) in spec.items():
+        if k not in tensors: continue
+        t, where = tensors[k], f"{path}: tensor '{k}'"
+        if t.dtype != dtype: raise ValueError(f"{where}: expected dtype {_fmt_dtype(dtype)}, got {_fmt_dtype(t.dtype)}")
+        check_tensor(t, where, shape, dtype=dtype, finite=False)
+        if t.is_floating_point():
+            if torch.isnan(t).any(): raise ValueError(f"{where}: contains NaN")
+            if torch.isinf(t).any() and not (hi == math.inf and not torch.isneginf(t).any()):
+                raise ValueError(f"{where}: contains infinite values")
+        if t.numel() and t.dtype != torch.bool and ((lo is not None and (t < lo).any()) or (hi is not None and (t > hi).any())):
+            raise ValueError(f"{where}: expected values in [{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}], "
+                             f"got values from {t.min().item():g} to {t.max().item():g}")
+    return tensors
+
+_VERIFIED: set = set()     # (path, inode, size, mtime_ns, sha256) of the files that passed their checks in this process
+
+def _verified(path: Path, spec: dict, sha: str | None, remedy: str, load: bool = True, optional=()) -> dict | None:
+    "The tensors of the safetensors file `path` (if `load`), read and checked (sha256, then `spec`) the first time this process sees the file as it is now."
+    from safetensors.torch import load as st_load
+    if not path.exists(): raise ValueError(f"{path}: file not found")
+    s = path.stat(); key = (str(path.resolve()), s.st_ino, s.st_size, s.st_mtime_ns, sha)   # a check without a sha256 does not vouch for one with
+    if key in _VERIFIED and not load: return None
+    data = path.read_bytes()
+    try: t = st_load(data)
+    except Exception as e: raise ValueError(f"{path}: unreadable safetensors file ({type(e).__name__}: {e})") from None
+    if key not in _VERIFIED:
+        verify_sha256(path, data, sha, remedy)
+        check_arrays(path, t, spec, optional)
+        _VERIFIED.add(key)
+    return t
+
+def _view_spec(cfg: dict) -> dict:    # what build_room writes into views.safetensors
+    V, H, W, C = cfg["views_per_room"], cfg["height"], cfg["width"], len(CLASSES)
+    return dict(rgb=(torch.uint8, (V, H, W, 3), None, None), depth=(torch.float32, (V, H, W), 0, math.inf),
+                semantic=(torch.int16, (V, H, W), -1, C - 1), instance=(torch.int16, (V, H, W), -1, None),
+                normal=(torch.float16, (V, H, W, 3), None, None), K=(torch.float32, (V, 3, 3), None, None),
+                viewmats=(torch.float32, (V, 4, 4), None, None))
+
+def _point_spec(cfg: dict) -> dict:   # ... and into points.safetensors
+    P, C = cfg["points_per_room"], len(CLASSES)
+    return dict(points=(torch.float32, (P, 3), None, None), colors=(torch.float32, (P, 3), 0, 1),
+                normals=(torch.float32, (P, 3), None, None), semantic=(torch.int16, (P,), -1, C - 1),
+                instance=(torch.int16, (P,), -1, None))
+
+def _done_sums(path: Path) -> dict:
+    "The sha256 record of a `DONE` marker: {file: hex}; {} for a marker written before checksums were recorded (empty)."
+    if not path.exists() or not path.read_bytes().strip(): return {}
+    rec = read_json(path)
+    sums = rec.get("sha256") if isinstance(rec, dict) else None
+    if not isinstance(sums, dict): raise ValueError(f"{path}: expected an object with a 'sha256' table")
+    return sums
 
 # %% ../nbs/04_datasets.ipynb #81f3f3bf
 def _check_dataset(root) -> tuple[Path, dict]:
     root = Path(root)
     if not root.is_dir(): raise ValueError(f"{root}: dataset folder not found (build it with build_preset / condense-nb data)")
-    rec = load_json(root/"config.json")
+    rec = read_json(root/"config.json")
     if not isinstance(rec, dict) or "config" not in rec: raise ValueError(f"{root/'config.json'}: not a condense-nb dataset config")
     if not (root/"DONE").exists(): raise ValueError(f"{root}: the build is incomplete (no DONE); run build_preset again to finish it")
     return root, rec["config"]
@@ -255,17 +342,31 @@ class _Rooms(Dataset):
         self.split = check_choice(split, "split", ROOM_SPLITS)
         folder = self.root/"rooms"/split
         try: cfg = DataConfig(**self.config)
-        except TypeError as e: raise ValueError(f"{self.root/'config.json'}: not a DataConfig of this version ({e})") from None
+        except (TypeError, ValueError) as e: raise ValueError(f"{self.root/'config.json'}: not a DataConfig of this version ({e})") from None
         self.scene_ids = [r["scene_id"] for r in room_plan(cfg) if r["split"] == split]
         self.folders = [folder/s for s in self.scene_ids]
         for f in self.folders:
             if not f.is_dir(): raise ValueError(f"{f}: scene folder not found")
             for n in ("scene.json", "views.safetensors", "points.safetensors", "DONE"):
                 if not (f/n).exists(): raise ValueError(f"{f/n}: file not found")
+        self._sums = {}                                            # scene index -> its DONE's sha256 table
+
+    def _read(self, i: int, name: str, load: bool = True) -> dict | None:
+        "The tensors of file `name` of scene `i`, checked on its first read in this process."
+        f = self.folders[i]
+        if i not in self._sums: self._sums[i] = _done_sums(f/"DONE")
+        spec = (_view_spec if name == "views.safetensors" else _point_spec)(self.config)
+        return _verified(f/name, spec, self._sums[i].get(name), self._remedy(f), load)
+
+    def _remedy(self, folder: Path) -> str:
+        return f"delete {folder} and {self.root/'DONE'}, then run build_preset again (condense-nb data) to rebuild it"
 
     def record(self, i: int) -> dict:
-        "The stored `scene.json` of scene `i`."
-        return load_json(self.folders[i]/"scene.json")
+        "The stored `scene.json` of scene `i` (its sha256 checked against the room's `DONE`)."
+        f = self.folders[i]
+        if i not in self._sums: self._sums[i] = _done_sums(f/"DONE")
+        verify_sha256(f/"scene.json", (f/"scene.json").read_bytes(), self._sums[i].get("scene.json"), self._remedy(f))
+        return read_json(f/"scene.json")
 
     def scene(self, i: int) -> Scene:
         "The `scenes.Scene` of scene `i`, rebuilt from its `scene.json`."
@@ -288,6 +389,7 @@ class RoomViews(_Rooms):
         if not -len(self) <= i < len(self): raise IndexError(f"index {i} out of range for {len(self)} views")
         s, v = self.index[i]
         path = self.folders[s]/"views.safetensors"
+        self._read(s, "views.safetensors", load=False)                  # whole-file checks, once per file and process
         try:
             with _open_st(path) as st: raw = {k: st.get_slice(k)[v] for k in VIEW_KEYS}
         except ValueError: raise
@@ -301,8 +403,7 @@ class RoomScenes(_Rooms):
     def __getitem__(self, i: int) -> dict:
         if not -len(self) <= i < len(self): raise IndexError(f"index {i} out of range for {len(self)} scenes")
         f = self.folders[i]
-        v = _load_st(f/"views.safetensors", VIEW_KEYS)
-        p = _load_st(f/"points.safetensors", POINT_KEYS)
+        v, p = self._read(i, "views.safetensors"), self._read(i, "points.safetensors")
         rec = self.record(i)
         return dict(rgb=v["rgb"].permute(0, 3, 1, 2).float() / 255, depth=v["depth"].float(), semantic=v["semantic"].long(),
                     instance=v["instance"].long(), normal=v["normal"].float().permute(0, 3, 1, 2), K=v["K"].float(),
@@ -319,6 +420,15 @@ def hwc(item: dict) -> dict:
     return out
 
 # %% ../nbs/04_datasets.ipynb #3fb7c8ab
+def _shape_classes(path: Path, meta: dict) -> list[str]:
+    "The class names in a shape file's metadata: one `shape_set` JSON key (files written before it had a `classes` key)."
+    try: info = json.loads(meta["shape_set"]) if "shape_set" in meta else dict(classes=json.loads(meta.get("classes", "null")))
+    except json.JSONDecodeError as e: raise ValueError(f"{path}: malformed metadata ({e})") from None
+    names = info.get("classes") if isinstance(info, dict) else None
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise ValueError(f"{path}: metadata holds no class list (expected a non-empty list of class names)")
+    return names
+
 class ShapeSet(Dataset):
     "SynthShapes point clouds of `split` and `variant` ('clean' | 'scan'): items are (points [N,3], label)."
     def __init__(self, root, split: str = "train", variant: str = "clean", n_points: int | None = None,
@@ -326,13 +436,16 @@ class ShapeSet(Dataset):
         self.root, self.config = _check_dataset(root)
         check_choice(split, "split", SPLITS); check_choice(variant, "variant", SHAPE_VARIANTS)
         self.path = self.root/"shapes"/f"{variant}_{split}.safetensors"
-        d = _load_st(self.path, ("points", "labels"))
         with _open_st(self.path) as st: meta = st.metadata() or {}
-        self.points, self.labels, self.mask = d["points"].float(), d["labels"].long(), d.get("mask")
+        self.class_names = _shape_classes(self.path, meta)
+        M, N = self.config[f"shapes_{split}"] * len(self.class_names), self.config["points_per_shape"]
+        spec = dict(points=(torch.float32, (M, N, 3), None, None), labels=(torch.int64, (M,), 0, len(self.class_names) - 1),
+                    mask=(torch.bool, (M, N), None, None), seeds=(torch.int64, (M,), 0, None))
+        remedy = f"delete it and {self.root/'DONE'}, then run build_preset again (condense-nb data) to rebuild it"
+        d = _verified(self.path, spec, _done_sums(self.root/"DONE").get(f"shapes/{self.path.name}"), remedy,
+                      optional=("mask", "seeds"))
+        self.points, self.labels, self.mask = d["points"], d["labels"], d.get("mask")
         self.item_seeds = d.get("seeds")                                   # [M] the shapes.split_items seed of each object
-        if self.points.ndim != 3 or self.points.shape[-1] != 3 or self.labels.shape != self.points.shape[:1]:
-            raise ValueError(f"{self.path}: expected points [M,N,3] and labels [M], got {list(self.points.shape)} and {list(self.labels.shape)}")
-        self.class_names = json.loads(meta.get("classes", "[]"))
         N = self.points.shape[1]
         if n_points is not None: n_points = check_int(n_points, "n_points", 1, N)       # at most the points stored per shape
         self.split, self.variant, self.n_points, self.augment, self.seed = split, variant, n_points, augment, seed
@@ -387,6 +500,6 @@ def dataset_stats(root) -> dict:
                                         object_fraction=float(s.mask.float().mean()) if s.mask is not None else 1.0)
     dups = RoomScenes(root, "test_dup")
     out["near_duplicates"] = {sid: dups.record(i)["duplicate_of"] for i, sid in enumerate(dups.scene_ids)}
-    out["build"] = load_json(root/"build.json") if (root/"build.json").exists() else {}
+    out["build"] = read_json(root/"build.json") if (root/"build.json").exists() else {}
     out["disk_bytes"] = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     return out

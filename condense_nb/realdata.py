@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
-from .core import check_tensor, check_choice, check_int, load_json, save_json, atomic_save_image
+from .core import check_tensor, check_choice, check_int, save_json, atomic_save_image
+from .datasets import read_text, read_json
 
 # %% auto #0
 __all__ = ['MODELNET40_CLASSES', 'SCANOBJECTNN_CLASSES', 'SCANOBJECTNN_VARIANTS', 'c2w_opengl_to_viewmat',
@@ -53,6 +54,11 @@ def _number(value, where: str, key: str, positive: bool = False) -> float:
         raise ValueError(f"{where}: '{key}' must be a finite{' positive' if positive else ''} number, got {value!r}")
     return float(value)
 
+def _angle(value, where: str, key: str) -> float:  # a field of view in radians, in (0, pi)
+    v = _number(value, where, key, True)
+    if v >= math.pi: raise ValueError(f"{where}: '{key}' must be a field of view in radians in (0, pi), got {value!r}")
+    return v
+
 def _pick(meta: dict, frame: dict, key: str):
     return frame[key] if key in frame else meta.get(key)
 
@@ -85,9 +91,9 @@ def _frame_camera(meta: dict, frame: dict, image: Path, where: str) -> tuple[np.
     w, h = _number(w, where, "w", True), _number(h, where, "h", True)
     if w != int(w) or h != int(h): raise ValueError(f"{where}: 'w', 'h' must be whole numbers of pixels, got {w}, {h}")
     if _pick(meta, frame, "fl_x") is None and _pick(meta, frame, "camera_angle_x") is not None:   # NeRF-Blender style
-        fx = 0.5 * w / math.tan(0.5 * _number(_pick(meta, frame, "camera_angle_x"), where, "camera_angle_x", True))
+        fx = 0.5 * w / math.tan(0.5 * _angle(_pick(meta, frame, "camera_angle_x"), where, "camera_angle_x"))
         ay = _pick(meta, frame, "camera_angle_y")
-        fy = fx if ay is None else 0.5 * h / math.tan(0.5 * _number(ay, where, "camera_angle_y", True))
+        fy = fx if ay is None else 0.5 * h / math.tan(0.5 * _angle(ay, where, "camera_angle_y"))
         cx, cy = _pick(meta, frame, "cx"), _pick(meta, frame, "cy")
         cx, cy = (w / 2 if cx is None else cx), (h / 2 if cy is None else cy)
     else:
@@ -108,7 +114,7 @@ def load_transforms(folder, transforms_name: str = "transforms.json") -> dict:
     path = folder if folder.suffix == ".json" else folder / transforms_name
     folder = path.parent
     if not path.is_file(): raise ValueError(f"{path}: file not found (expected a nerfstudio transforms.json)")
-    meta = load_json(path)
+    meta = read_json(path)                                       # UTF-8, or an error naming the file
     if not isinstance(meta, dict): raise ValueError(f"{path}: expected a JSON object at the top level, got {type(meta).__name__}")
     frames = meta.get("frames")
     if not isinstance(frames, list) or not frames: raise ValueError(f"{path}: missing key 'frames' (a non-empty list of frames)")
@@ -160,12 +166,16 @@ def read_depth(path, scale: float = 1e-3, size: tuple[int, int] | None = None) -
         if path.suffix.lower() == ".npy": raw = np.load(path, allow_pickle=False)
         else:
             with Image.open(path) as im: raw = np.array(im)
-    except (UnidentifiedImageError, OSError, ValueError) as e: raise ValueError(f"{path}: cannot read depth map ({e})") from None
+    except (UnidentifiedImageError, OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{path}: cannot read depth map ({type(e).__name__}: {e or 'empty or truncated file'})") from None
     if raw.ndim == 3 and raw.shape[-1] == 1: raw = raw[..., 0]
     if raw.ndim != 2: raise ValueError(f"{path}: expected a single-channel depth map [H, W], got shape {list(raw.shape)}")
     if raw.dtype.kind not in "uif": raise ValueError(f"{path}: expected numeric depth values, got dtype {raw.dtype}")
     d = raw.astype(np.float64) * scale
+    if raw.dtype.kind == "f" and raw.size and np.isnan(raw).all(): raise ValueError(f"{path}: depth map is NaN everywhere (a broken file, not 'no depth')")
     if (d < 0).any(): raise ValueError(f"{path}: depth map has negative values")
+    big = np.isfinite(d) & (d > np.finfo(np.float32).max)
+    if big.any(): raise ValueError(f"{path}: depth values up to {d[big].max():.3g} m do not fit float32 (check the file and depth_scale)")
     d[~np.isfinite(d) | (d == 0)] = np.inf
     t = torch.from_numpy(d).float()
     if size is not None and (t.shape[1], t.shape[0]) != tuple(size):
@@ -192,6 +202,7 @@ class NerfstudioScene(Dataset):
     def viewmats(self) -> Tensor: return self.meta["viewmats"]   # [N, 4, 4]
 
     def __getitem__(self, i: int) -> dict:
+        if not -len(self) <= i < len(self): raise IndexError(f"index {i} out of range for {len(self)} frames of {self.meta['path']}")
         i = range(len(self))[i]
         m = self.meta; W, H = m["widths"][i], m["heights"][i]
         rgb = read_rgb(m["image_paths"][i])
@@ -260,13 +271,18 @@ def _read_points_h5(path, num_classes: int | None = None) -> tuple[np.ndarray, n
     if mask is not None:
         if mask.ndim == 3 and mask.shape[2] == 1: mask = mask[..., 0]
         if mask.shape != data.shape[:2]: raise ValueError(f"{path}: dataset 'mask' expected shape {list(data.shape[:2])}, got {list(mask.shape)}")
-    return data.astype(np.float32, copy=False), label, mask
+        if mask.dtype.kind not in "buif" or (mask.dtype.kind == "f" and not (np.isfinite(mask).all() and (mask == np.round(mask)).all())):
+            raise ValueError(f"{path}: dataset 'mask' must hold whole numbers (-1 = background), got {mask.dtype} values that are not (NaN, inf or fractions)")
+    with np.errstate(over="ignore"): d32 = data.astype(np.float32, copy=False)
+    if not np.isfinite(d32).all():                                      # finite float64 beyond float32's range became inf
+        raise ValueError(f"{path}: dataset 'data' holds values beyond the float32 range (largest |value| {np.abs(data).max():.3g})")
+    return d32, label, mask
 
 def _split_files(folder: Path, split: str) -> list[Path]:
     lst = folder / f"{split}_files.txt"
     if lst.is_file():
         files = []
-        for line in (l.strip() for l in lst.read_text().splitlines()):
+        for line in (l.strip() for l in read_text(lst).splitlines()):
             if not line: continue
             cands = [folder / line, folder / Path(line).name]
             hit = next((c for c in cands if c.is_file()), None)
@@ -282,7 +298,7 @@ def load_modelnet40_h5(folder, split: str = "train") -> tuple[Tensor, Tensor, li
     folder = Path(folder)
     if not folder.is_dir(): raise ValueError(f"{folder}: folder not found (expected the unpacked modelnet40_ply_hdf5_2048 folder)")
     names_file = folder / "shape_names.txt"
-    names = [l.strip() for l in names_file.read_text().splitlines() if l.strip()] if names_file.is_file() else list(MODELNET40_CLASSES)
+    names = [l.strip() for l in read_text(names_file).splitlines() if l.strip()] if names_file.is_file() else list(MODELNET40_CLASSES)
     if not names: raise ValueError(f"{names_file}: no class names")
     files = _split_files(folder, split)
     if not files: raise ValueError(f"{folder}: no {split} files ({split}_files.txt is missing and no ply_data_{split}*.h5 found)")
@@ -317,6 +333,7 @@ def load_scanobjectnn_h5(path) -> tuple[Tensor, Tensor, Tensor | None]:  # -> po
 def normalize_unit_sphere(points) -> Tensor:  # points [P, 3] -> [P, 3]
     "Centre on the centroid and scale so the farthest point is at distance 1."
     points = check_tensor(points, "points", (None, 3))
+    if len(points) == 0: raise ValueError("points: expected at least one point, got an empty cloud [0, 3]")
     p = points - points.mean(0)
     r = p.norm(dim=-1).max()
     return p / r if r > 0 else p
@@ -350,6 +367,7 @@ class PointCloudDataset(Dataset):
     def __len__(self) -> int: return len(self.points)
 
     def __getitem__(self, i: int) -> dict:
+        if not -len(self) <= i < len(self): raise IndexError(f"index {i} out of range for {len(self)} point clouds")
         i = range(len(self))[i]
         p = self.points[i]
         if self.n_points is not None and self.n_points < len(p):

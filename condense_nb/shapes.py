@@ -32,6 +32,7 @@ def normalize_unit_sphere(points) -> tuple[Tensor, Tensor, Tensor]:  # points [N
     points = torch.as_tensor(points, dtype=torch.float32)
     if points.ndim != 2 or points.shape[1] != 3 or points.shape[0] < 1:
         raise ValueError(f"points: expected shape [N, 3] with N >= 1, got {list(points.shape)}")
+    if not torch.isfinite(points).all(): raise ValueError("points: contains NaN or infinite values")
     c = points.mean(0)
     q = points - c
     s = q.norm(dim=-1).max()
