@@ -4,14 +4,16 @@
 
 # %% ../nbs/06_cli.ipynb #59c08bd4
 from __future__ import annotations
-import argparse, contextlib, datetime, hashlib, importlib, json, os, platform, posixpath, re, subprocess, sys, time
+import argparse, ast, contextlib, datetime, hashlib, importlib, json, os, platform, posixpath, re, signal, subprocess, sys, tempfile, time
 from pathlib import Path
 from typing import Iterable, Sequence
 
 # %% auto #0
-__all__ = ['PRESETS', 'PIPELINES', 'DEPENDS', 'UsageError', 'repo_root', 'find_pipelines_dir', 'select_stages', 'file_sha256',
-           'stage_is_done', 'mark_done', 'run_stage', 'rewrite_links', 'git_commit', 'machine_info', 'fmt_duration',
-           'write_report', 'reproduce', 'ship_teacher', 'build_parser', 'main']
+__all__ = ['PRESETS', 'PIPELINES', 'DEPENDS', 'OUTPUTS', 'DONE_FORMAT', 'UsageError', 'repo_root', 'find_pipelines_dir',
+           'select_stages', 'file_sha256', 'imported_modules', 'library_files', 'output_manifest', 'manifest_changes',
+           'read_done', 'outputs_digest', 'stage_status', 'stage_is_done', 'mark_done', 'owned_processes', 'kill_owned',
+           'owned_children', 'run_stage', 'rewrite_links', 'git_commit', 'machine_info', 'fmt_duration', 'write_report',
+           'check_threads', 'writable_folder', 'reproduce', 'ship_teacher', 'build_parser', 'main']
 
 # %% ../nbs/06_cli.ipynb #840649ca
 PRESETS = ("tiny", "small", "full")
@@ -30,8 +32,12 @@ PIPELINES: list[tuple[str, str]] = [
 DEPENDS: dict[str, tuple[str, ...]] = dict(teacher=("data",), probes=("data", "teacher"), fit3d=("data", "teacher"),
                                            i2pmae=("data", "teacher"), condense=("data", "teacher"))
 
+# What a stage writes outside its own folder `runs/<preset>/<stage>/` (templates over its parameters): checksummed
+# in its DONE.json like its own files, locked while it runs, cleaned of leftover temporary files before it runs.
+OUTPUTS: dict[str, tuple[str, ...]] = dict(data=("{data_root}/{preset}",))
+
 class UsageError(ValueError):
-    "A bad command-line request (unknown preset or stage): reported in one line, exit code 2."
+    "A bad command-line request (unknown preset or stage, a bad folder or thread count, a missing prerequisite): one line, exit code 2."
 
 # %% ../nbs/06_cli.ipynb #b80d6730
 def repo_root() -> Path:
@@ -61,22 +67,155 @@ def select_stages(registry: Sequence[tuple[str, str]], only: str | Iterable[str]
 
 # %% ../nbs/06_cli.ipynb #1c5ad08f
 def file_sha256(path) -> str:
-    "Hex sha256 of the bytes of `path`."
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    "Hex sha256 of the bytes of `path` (read in 1 MiB blocks)."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
+    return h.hexdigest()
 
-def stage_is_done(stage_dir, notebook, parameters: dict) -> bool:
-    "True if `stage_dir/DONE.json` records `notebook`'s current sha256 and the same `parameters`."
-    f = Path(stage_dir)/"DONE.json"
-    if not f.exists(): return False
-    try: rec = json.loads(f.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError): return False
-    return isinstance(rec, dict) and rec.get("sha256") == file_sha256(notebook) and rec.get("parameters") == parameters
+_PKG, _MEMO = "condense_nb", {}
 
-def mark_done(stage_dir, stage: str, notebook, parameters: dict, duration_s: float) -> Path:
-    "Write `stage_dir/DONE.json` atomically: stage, notebook sha256, parameters, duration, finish time."
+def _memo(path: Path, fn):
+    "`fn(path)`, remembered for as long as the file keeps its size and modification time."
+    st = path.stat(); key = (str(path), fn.__name__, st.st_size, st.st_mtime_ns)
+    if key not in _MEMO: _MEMO[key] = fn(path)
+    return _MEMO[key]
+
+def imported_modules(source: str) -> set[str]:
+    "Names of the `condense_nb` modules Python `source` imports (absolute, relative, or by name through `import_module`), read without running it."
+    try: tree = ast.parse(source)
+    except SyntaxError: return set(re.findall(rf"\b{_PKG}\.(\w+)", source))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith(_PKG + "."))
+        elif isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            if node.level: parts = mod.split(".") if mod else []
+            elif mod == _PKG or mod.startswith(_PKG + "."): parts = mod.split(".")[1:]
+            else: continue
+            if parts: found.add(parts[0])
+            else: found.update(a.name for a in node.names)           # from condense_nb import teacher, core
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str) \
+                and getattr(node.func, "attr", getattr(node.func, "id", "")) in ("import_module", "__import__"):
+            found.update(re.findall(rf"^{_PKG}\.(\w+)", node.args[0].value))
+    return found
+
+def _notebook_cells(path) -> list[str]:
+    "The code cells of notebook `path` without IPython magics and shell escapes (none if it is not a readable notebook)."
+    try: nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError): return []
+    out = []
+    for c in (nb.get("cells", []) if isinstance(nb, dict) else []):
+        if isinstance(c, dict) and c.get("cell_type") == "code":
+            src = "".join(c.get("source", "")) if isinstance(c.get("source"), list) else str(c.get("source", ""))
+            out.append("\n".join(l for l in src.splitlines() if not l.lstrip().startswith(("%", "!"))))
+    return out
+
+def _module_imports(path: Path) -> set[str]: return imported_modules(path.read_text(encoding="utf-8"))
+def _names_assets(path: Path) -> bool: return bool(re.search(r"""["']assets["']""", path.read_text(encoding="utf-8")))
+
+def library_files(notebook, package_dir=None) -> dict[str, str]:
+    "sha256 of each `condense_nb` file `notebook` runs: `__init__.py`, the modules its code imports and theirs, and `assets/*` if one of them names that folder."
+    pkg = Path(package_dir) if package_dir is not None else repo_root()/_PKG
+    todo, seen = set().union(*(imported_modules(c) for c in _notebook_cells(notebook))), set()
+    while todo:
+        m = todo.pop()
+        if m in seen or not (pkg/f"{m}.py").is_file(): continue
+        seen.add(m); todo |= _memo(pkg/f"{m}.py", _module_imports)
+    files = [pkg/"__init__.py"] + [pkg/f"{m}.py" for m in sorted(seen)]
+    if (pkg/"assets").is_dir() and any(_memo(pkg/f"{m}.py", _names_assets) for m in seen):
+        files += sorted(p for p in (pkg/"assets").rglob("*") if p.is_file() and not p.name.startswith("."))
+    return {p.relative_to(pkg).as_posix(): _memo(p, file_sha256) for p in files if p.is_file()}
+
+# %% ../nbs/06_cli.ipynb #3c4e5f6e
+DONE_FORMAT = 2
+
+def _few(items, n: int = 3) -> str:
+    items = list(items)
+    return ", ".join(map(str, items[:n])) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+def _digest(obj) -> str: return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+def _hidden(parts) -> bool: return any(p.startswith(".") or p.endswith(".tmp") for p in parts)
+
+def output_manifest(folder, exclude: Iterable[str] = ()) -> dict[str, dict]:
+    "`{relative path: {bytes, mtime_ns, sha256}}` of every file under `folder` but hidden and temporary ones and the paths in `exclude`."
+    folder, exclude, out = Path(folder), set(exclude), {}
+    if not folder.is_dir(): return out
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if _hidden(rel.parts) or rel.as_posix() in exclude or not p.is_file(): continue
+        st = p.stat()
+        out[rel.as_posix()] = dict(bytes=st.st_size, mtime_ns=st.st_mtime_ns, sha256=file_sha256(p))
+    return out
+
+def manifest_changes(folder, manifest: dict) -> list[str]:
+    "What differs between the files under `folder` and `manifest`: missing, resized, or rewritten with other bytes (unchanged size and mtime: trusted)."
+    folder, changes = Path(folder), []
+    for rel, rec in manifest.items():
+        p = folder/rel
+        try: st = p.stat()
+        except OSError: changes.append(f"{rel} is missing"); continue
+        if st.st_size != rec["bytes"]: changes.append(f"{rel} is {st.st_size:,} bytes, was {rec['bytes']:,}")
+        elif st.st_mtime_ns != rec["mtime_ns"] and file_sha256(p) != rec["sha256"]: changes.append(f"{rel} has other bytes")
+    return changes
+
+def read_done(stage_dir) -> dict | None:
+    "The parsed `stage_dir/DONE.json`, or None if it is missing or unreadable."
+    try: rec = json.loads((Path(stage_dir)/"DONE.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError): return None
+    return rec if isinstance(rec, dict) else None
+
+def outputs_digest(stage_dir) -> str | None:
+    "The checksum of the outputs `stage_dir/DONE.json` records (what a stage reading it read), or None if there is none."
+    rec = read_done(stage_dir)
+    return rec.get("outputs_sha256") if rec and rec.get("format") == DONE_FORMAT else None
+
+def stage_status(stage_dir, notebook, parameters: dict, inputs: dict | None = None, outputs: Sequence = ()) -> str | None:
+    "None if the stage in `stage_dir` is up to date for `notebook`, `parameters` and `inputs` (stage -> `outputs_digest`), else what changed."
+    stage_dir = Path(stage_dir); f = stage_dir/"DONE.json"
+    if not f.exists(): return "it has not finished here (no DONE.json)"
+    rec = read_done(stage_dir)
+    if rec is None: return f"{f} is unreadable"
+    if rec.get("format") != DONE_FORMAT: return f"{f} was written by an older condense-nb (no library or output checksums)"
+    try:
+        if rec["sha256"] != file_sha256(notebook): return f"the pipeline notebook {Path(notebook).name} changed"
+        old = rec["parameters"]
+        if old != parameters:
+            keys = sorted(k for k in set(old) | set(parameters) if old.get(k) != parameters.get(k))
+            return "its parameters changed (" + "; ".join(f"{k}: {old.get(k)!r} -> {parameters.get(k)!r}" for k in keys) + ")"
+        lib, was = library_files(notebook), rec["library"]["files"]
+        changed = sorted(k for k in set(lib) | set(was) if lib.get(k) != was.get(k))
+        if changed: return f"the library code it runs changed ({_few(changed)})"
+        for u, d in (inputs or {}).items():
+            if d is None: return f"the stage it reads, {u!r}, has not finished"
+            if rec["inputs"].get(u) != d: return f"the outputs of {u!r}, which it reads, changed since it ran"
+        changes = manifest_changes(stage_dir, rec["outputs"])
+        for folder in map(str, outputs):
+            if folder not in rec["external"]: return f"{f} does not record its outputs in {folder}"
+            changes += [f"{folder}/{c}" for c in manifest_changes(folder, rec["external"][folder])]
+        if changes: return f"its outputs changed since it finished ({_few(changes)})"
+    except (KeyError, TypeError, AttributeError, ValueError) as e: return f"{f} is malformed ({type(e).__name__}: {e})"
+    return None
+
+def stage_is_done(stage_dir, notebook, parameters: dict, inputs: dict | None = None, outputs: Sequence = ()) -> bool:
+    "True if `stage_status` finds nothing changed."
+    return stage_status(stage_dir, notebook, parameters, inputs, outputs) is None
+
+def mark_done(stage_dir, stage: str, notebook, parameters: dict, duration_s: float,
+              inputs: dict | None = None, outputs: Sequence = ()) -> Path:
+    "Write `stage_dir/DONE.json` atomically: what `stage_status` checks, plus the duration and the finish time."
     from condense_nb.core import save_json
-    return save_json(Path(stage_dir)/"DONE.json", dict(
-        stage=stage, notebook=Path(notebook).name, sha256=file_sha256(notebook), parameters=parameters,
+    stage_dir = Path(stage_dir)
+    own = output_manifest(stage_dir, exclude={"DONE.json", Path(notebook).name})
+    ext = {str(f): output_manifest(f) for f in outputs}
+    sums = lambda m: {k: v["sha256"] for k, v in m.items()}
+    lib = library_files(notebook)
+    return save_json(stage_dir/"DONE.json", dict(
+        format=DONE_FORMAT, stage=stage, notebook=Path(notebook).name, sha256=file_sha256(notebook), parameters=parameters,
+        library=dict(sha256=_digest(lib), files=lib), inputs=dict(inputs or {}),
+        outputs_sha256=_digest([sums(own), {k: sums(m) for k, m in ext.items()}]), outputs=own, external=ext,
         duration_s=round(float(duration_s), 3), finished=_now(), finished_unix=time.time()))
 
 def _now() -> str: return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
@@ -93,13 +232,71 @@ def _env(**values):
             if v is None: os.environ.pop(k, None)
             else: os.environ[k] = v
 
+_OWNER = "CONDENSE_NB_OWNER"
+
+def owned_processes(token: str, exclude: Iterable[int] = ()) -> list[int]:
+    "PIDs of the live processes whose environment holds `CONDENSE_NB_OWNER=token` (Linux `/proc`; an empty list elsewhere)."
+    want, skip, pids = f"{_OWNER}={token}".encode(), {os.getpid(), *exclude}, []
+    try: entries = os.listdir("/proc")
+    except OSError: return pids
+    for d in entries:
+        if not d.isdigit() or int(d) in skip: continue
+        try:
+            with open(f"/proc/{d}/environ", "rb") as f: env = f.read()
+        except OSError: continue
+        if want in env.split(b"\0"): pids.append(int(d))
+    return pids
+
+def kill_owned(token: str, grace: float = 3.0, exclude: Iterable[int] = ()) -> list[int]:
+    "End every process `owned_processes` finds for `token`: SIGTERM, then SIGKILL after `grace` seconds (at once if 0); return their PIDs."
+    pids = owned_processes(token, exclude)
+    for p in pids if grace > 0 else ():
+        with contextlib.suppress(OSError): os.kill(p, signal.SIGTERM)
+    end = time.monotonic() + grace
+    while pids and grace > 0 and time.monotonic() < end and owned_processes(token, exclude): time.sleep(0.1)
+    for p in owned_processes(token, exclude):
+        with contextlib.suppress(OSError): os.kill(p, signal.SIGKILL)
+    return pids
+
+def _watchdog(token: str, runner: int) -> None:
+    "The watchdog process: block until the runner's end of stdin closes (it finished or died), then end what carries `token`."
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        while os.read(0, 1024): pass
+    except OSError: pass
+    kill_owned(token, exclude=(runner,))
+
+_RUNNING: list[str] = []   # the tokens of the stages running now in this process
+
+@contextlib.contextmanager
+def owned_children(token: str):
+    "Give every process started in the block `CONDENSE_NB_OWNER=token`; end them on an exception, and (watchdog) if this process dies."
+    import condense_nb
+    wd, here = None, str(Path(condense_nb.__file__).resolve().parent.parent)   # this very package (not a `repo_root` override)
+    if os.path.isdir("/proc/self"):
+        code = (f"import sys; sys.path.insert(0, {here!r}); from condense_nb.cli import _watchdog; "
+                f"_watchdog({token!r}, {os.getpid()})")
+        with contextlib.suppress(OSError):
+            wd = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
+    _RUNNING.append(token)
+    try:
+        with _env(**{_OWNER: token}): yield
+    except BaseException:
+        kill_owned(token); raise
+    finally:
+        _RUNNING.remove(token)
+        if wd is not None:
+            wd.stdin.close()                          # the watchdog ends anything left over, then exits
+            with contextlib.suppress(subprocess.TimeoutExpired): wd.wait(10)
+
 def run_stage(notebook, executed, parameters: dict, cwd, log_output: bool = True, progress: bool = True) -> float:
-    "Execute `notebook` into `executed` with papermill and `parameters`; return the duration in seconds."
-    import papermill as pm
+    "Execute `notebook` into `executed` with papermill and `parameters` in a kernel this process owns; return the duration in seconds."
+    import papermill as pm, secrets
     executed = Path(executed); executed.parent.mkdir(parents=True, exist_ok=True)
     path = os.pathsep.join(p for p in (str(repo_root()), os.environ.get("PYTHONPATH", "")) if p)
     t0 = time.perf_counter()
-    with _env(PYTHONPATH=path):
+    with _env(PYTHONPATH=path), owned_children(f"{os.getpid()}-{secrets.token_hex(8)}"):
         pm.execute_notebook(str(notebook), str(executed), parameters=parameters, kernel_name="python3",
                             cwd=str(cwd), log_output=log_output, progress_bar=progress)
     return time.perf_counter() - t0
@@ -172,7 +369,7 @@ def write_report(run_dir, preset: str, records: list[dict], data_root=None) -> P
             frag = run_dir/r["stage"]/"report.md"
             body = rewrite_links(frag.read_text(), r["stage"]).strip() if frag.exists() else \
                    "_This stage wrote no `report.md` fragment._"
-            if r["status"] == "stale": body = "_Stale: a stage it reads ran after this one; rerun it._\n\n" + body
+            if r["status"] == "stale": body = f"_Out of date: {r.get('reason') or 'a stage it reads changed'}; rerun it._\n\n" + body
             L += ["", f"## {r['stage']}", "", body]
         elif r["status"] in ("failed", "interrupted"):
             L += ["", f"## {r['stage']}", "", f"**{r['status'].capitalize()}**: {r.get('error', '')}. The executed notebook "
@@ -186,51 +383,101 @@ def _error_line(e: BaseException) -> str:
     ename, evalue = getattr(e, "ename", None), getattr(e, "evalue", None)
     return f"{ename}: {evalue}" if ename else f"{type(e).__name__}: {e}"
 
-def _done_record(stage_dir) -> dict: return json.loads((Path(stage_dir)/"DONE.json").read_text())
+def check_threads(threads, name: str = "threads", allow_default: bool = False) -> int:
+    "`threads` if it is an int in 1..`os.cpu_count()` (or 0, 'each pipeline's own', when `allow_default`), else a `UsageError`."
+    cpus = os.cpu_count() or 1
+    ok = isinstance(threads, int) and not isinstance(threads, bool) and (1 <= threads <= cpus or (allow_default and threads == 0))
+    if not ok: raise UsageError(f"{name}: expected an int in 1..{cpus} (this machine's CPU count), got {threads!r}")
+    return threads
+
+def writable_folder(path, name: str) -> Path:
+    "`path` resolved, made if missing, after checking it is a folder this process can write in; else a `UsageError` naming `name`."
+    p = Path(path).expanduser().resolve(); q = p
+    while not q.exists() and q != q.parent: q = q.parent
+    if not q.is_dir():
+        raise UsageError(f"{name}: {q} is a file, not a folder" + (f" (so {p} cannot be made)" if q != p else "") + "; expected a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=p, prefix=".write-test-", suffix=".tmp"); os.close(fd); os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"{name}: cannot write in {p} ({e.strerror or e}); expected a folder you can write to") from None
+    return p
 
 def reproduce(preset: str, root="data", runs="runs", only=None, force: bool = False,
               pipelines_dir=None, registry: Sequence[tuple[str, str]] | None = None,
-              log_output: bool = True, progress: bool = True, threads: int = 0, depends: dict | None = None) -> int:
+              log_output: bool = True, progress: bool = True, threads: int = 0, depends: dict | None = None,
+              outputs: dict | None = None) -> int:
     "Run the pipeline notebooks of `registry` (default `PIPELINES`) for `preset`, write `runs/<preset>/report.md`; 0 if all done, 1 if a stage failed."
+    from condense_nb.core import FolderLock, remove_temp_files, lock_holder
     if preset not in PRESETS: raise UsageError(f"--preset: unknown preset {preset!r}; expected one of {list(PRESETS)}")
-    if depends is None and registry is None: depends = DEPENDS
+    if registry is None: depends, outputs = (DEPENDS if depends is None else depends), (OUTPUTS if outputs is None else outputs)
     registry = list(PIPELINES if registry is None else registry)
     stages = select_stages(registry, only)
+    threads = check_threads(threads, allow_default=True)
     pdir = Path(pipelines_dir).resolve() if pipelines_dir is not None else find_pipelines_dir()
     for stage, nb in stages:
         if not (pdir/nb).is_file(): raise FileNotFoundError(f"stage {stage!r}: pipeline notebook {pdir/nb} not found")
-    data_root, run_dir = Path(root).resolve(), Path(runs).resolve()/preset
-    params = lambda stage: dict(preset=preset, data_root=str(data_root), out_dir=str(run_dir/stage))
-    records, finished = {s: dict(stage=s, notebook=nb, status="not run") for s, nb in registry}, {}
-    for s, nb in registry:            # stages outside --only still show up if an earlier run finished them
-        if (pdir/nb).is_file() and stage_is_done(run_dir/s, pdir/nb, params(s)):
-            rec = _done_record(run_dir/s)
-            records[s].update(status="cached", duration_s=rec.get("duration_s")); finished[s] = rec.get("finished_unix", 0)
-    order = [s for s, _ in registry]
-    upstream = lambda s: depends.get(s, ()) if depends is not None else order[:order.index(s)]
-    fresh = lambda s: finished[s] >= max((finished.get(u, 0) for u in upstream(s)), default=0)
+    order, nbs, selected = [s for s, _ in registry], dict(registry), [s for s, _ in stages]
+    outputs = outputs or {}
+    run_dir = writable_folder(runs, "--runs")/preset
+    if any(outputs.get(s) for s in selected): data_root = writable_folder(root, "--root")
+    else:
+        data_root = Path(root).expanduser().resolve()
+        if data_root.exists() and not data_root.is_dir(): raise UsageError(f"--root: {data_root} is a file, not a folder; expected a folder")
+    params = lambda s: dict(preset=preset, data_root=str(data_root), out_dir=str(run_dir/s))
+    extra = lambda s: [Path(t.format(**params(s))).resolve() for t in outputs.get(s, ())]
+    upstream = lambda s: tuple(depends.get(s, ())) if depends is not None else tuple(order[:order.index(s)])
+    inputs = lambda s: {u: outputs_digest(run_dir/u) for u in upstream(s)}
+    status = lambda s: stage_status(run_dir/s, pdir/nbs[s], params(s), inputs(s), extra(s)) if (pdir/nbs[s]).is_file() \
+                       else f"its notebook {pdir/nbs[s]} is missing"
+    lock = lambda s: run_dir/f".{s}.lock"
+    records = {s: dict(stage=s, notebook=nb, status="not run") for s, nb in registry}
     failed = None
-    for i, (stage, nb) in enumerate(stages, 1):
-        tag, sdir, p = f"[{i}/{len(stages)}] {stage}", run_dir/stage, params(stage)
-        if records[stage]["status"] == "cached":
-            if not force and fresh(stage):
-                _say(f"{tag}: up to date ({fmt_duration(records[stage]['duration_s'])} earlier), skipped; --force reruns it"); continue
-            if not force: _say(f"{tag}: a stage it reads ran after it, rerunning")
-        _say(f"{tag}: running {nb} -> {sdir/nb}")
-        (sdir/"DONE.json").unlink(missing_ok=True); finished.pop(stage, None)
-        t0 = time.perf_counter()
-        run_p = {**p, "threads": int(threads)} if threads else p   # threads change speed (and float rounding), not the experiment: not in DONE.json
-        try: dt = run_stage(pdir/nb, sdir/nb, run_p, cwd=pdir, log_output=log_output, progress=progress)
-        except (Exception, KeyboardInterrupt) as e:
-            records[stage].update(status="failed" if isinstance(e, Exception) else "interrupted",
-                                  duration_s=time.perf_counter() - t0, error=_error_line(e))
-            failed = (stage, sdir/nb, e); break
-        mark_done(sdir, stage, pdir/nb, p, dt); finished[stage] = _done_record(sdir)["finished_unix"]
-        records[stage].update(status="done", duration_s=dt)
-        _say(f"{tag}: done in {fmt_duration(dt)}")
-    for s in order:
-        if records[s]["status"] == "cached" and not fresh(s): records[s]["status"] = "stale"
-    report = write_report(run_dir, preset, list(records.values()), data_root=data_root)
+    with contextlib.ExitStack() as held:
+        for s in selected:                                  # one run per stage (and per dataset) at a time
+            for path, what in [(lock(s), f"stage {s!r} of {run_dir}")] + [(f.parent/f".{f.name}.lock", f"the folder {f}") for f in extra(s)]:
+                lk = held.enter_context(FolderLock(path, what))
+                if lk.stale: _say(f"{s}: took over the lock {path} of PID {lk.stale}, which is no longer running")
+        missing = {}                                        # prerequisites: every stage a selected one reads is selected or up to date
+        def need(s):
+            for u in upstream(s):
+                if u in selected or u in missing: continue
+                pid = lock_holder(lock(u))
+                why = f"it is running now (PID {pid} holds {lock(u)})" if pid else status(u)
+                if why: missing[u] = (s, why); need(u)
+        for s in selected: need(s)
+        if missing:
+            u = min(missing, key=order.index); s, why = missing[u]
+            todo = ",".join(sorted(set(selected) | set(missing), key=order.index))
+            raise UsageError(f"stage {s!r} reads stage {u!r}, which is not up to date: {why}; run it first (--only {todo})")
+        for i, (stage, nb) in enumerate(stages, 1):
+            tag, sdir, p = f"[{i}/{len(stages)}] {stage}", run_dir/stage, params(stage)
+            why = status(stage)
+            if why is None and not force:
+                rec = read_done(sdir) or {}
+                records[stage].update(status="cached", duration_s=rec.get("duration_s"))
+                _say(f"{tag}: up to date ({fmt_duration(rec.get('duration_s'))} earlier), skipped; --force reruns it"); continue
+            if why is None: _say(f"{tag}: up to date, rerunning it (--force); its DONE.json is replaced when the run finishes")
+            elif (sdir/"DONE.json").exists(): _say(f"{tag}: out of date: {why}")
+            gone = remove_temp_files(sdir, "*.tmp") + [g for f in extra(stage) for g in remove_temp_files(f)]
+            if gone: _say(f"{tag}: removed {len(gone)} temporary file(s) left by interrupted writes ({_few(g.name for g in gone)})")
+            _say(f"{tag}: running {nb} -> {sdir/nb}")
+            ins, t0 = inputs(stage), time.perf_counter()          # what it reads, as it is when it starts
+            run_p = {**p, "threads": threads} if threads else p   # threads change speed (and float rounding), not the experiment: not in DONE.json
+            try: dt = run_stage(pdir/nb, sdir/nb, run_p, cwd=pdir, log_output=log_output, progress=progress)
+            except (Exception, KeyboardInterrupt) as e:
+                records[stage].update(status="failed" if isinstance(e, Exception) else "interrupted",
+                                      duration_s=time.perf_counter() - t0, error=_error_line(e))
+                failed = (stage, sdir/nb, e); break
+            mark_done(sdir, stage, pdir/nb, p, dt, inputs=ins, outputs=extra(stage))
+            records[stage].update(status="done", duration_s=dt)
+            _say(f"{tag}: done in {fmt_duration(dt)}")
+        for s in order:                                     # the others as they are now (another shell may have run some)
+            rec = read_done(run_dir/s) if records[s]["status"] == "not run" else None
+            if rec is not None:
+                why = status(s)
+                records[s].update(status="stale" if why else "cached", duration_s=rec.get("duration_s"), reason=why)
+        report = write_report(run_dir, preset, list(records.values()), data_root=data_root)
     if failed:
         stage, executed, e = failed
         if isinstance(e, KeyboardInterrupt): raise e
@@ -270,13 +517,31 @@ def _cmd_ship_teacher(args) -> int:
     return 0
 
 # %% ../nbs/06_cli.ipynb #67f279e3
+def _threads_arg(text: str) -> int:
+    "argparse type of `--threads`: an int in 1..CPU count."
+    try: return check_threads(int(text), "--threads")
+    except (ValueError, UsageError): raise argparse.ArgumentTypeError(
+        f"expected an int in 1..{os.cpu_count() or 1} (this machine's CPU count), got {text!r}") from None
+
+def _took_over(lk):
+    if lk.stale: _say(f"took over the lock {lk.path} of PID {lk.stale}, which is no longer running")
+
 def _cmd_data(args) -> int:
+    from condense_nb.core import FolderLock, remove_temp_files
+    root = writable_folder(args.root, "--root")
     datasets = importlib.import_module("condense_nb.datasets")   # heavy (torch): imported only when used
-    path = datasets.build_preset(args.preset, root=args.root, progress=True)
+    if args.threads:
+        import torch; torch.set_num_threads(args.threads)
+    with FolderLock(root/f".{args.preset}.lock", f"the dataset {root/args.preset}") as lk:   # the lock `reproduce`'s data stage takes
+        _took_over(lk)
+        gone = remove_temp_files(root/args.preset)
+        if gone: _say(f"removed {len(gone)} temporary file(s) left by interrupted writes in {root/args.preset}")
+        path = datasets.build_preset(args.preset, root=args.root, progress=True, overwrite=args.overwrite)
     _say(f"dataset {args.preset!r} ready in {path}")
     return 0
 
 def _cmd_pool(args) -> int:
+    writable_folder(args.root, "--root")
     pool = importlib.import_module("condense_nb.pool")
     cfg = pool.PoolConfig.from_preset(args.preset)
     t0 = time.time()
@@ -288,7 +553,7 @@ def _cmd_pool(args) -> int:
 
 def _cmd_reproduce(args) -> int:
     _papermill_logging()
-    return reproduce(args.preset, root=args.root, runs=args.runs, only=args.only, force=args.force, threads=args.threads)
+    return reproduce(args.preset, root=args.root, runs=args.runs, only=args.only, force=args.force, threads=args.threads or 0)
 
 def _papermill_logging():
     "Show papermill's log (the notebooks' printed output) on stdout, without touching the root logger."
@@ -298,15 +563,23 @@ def _papermill_logging():
         h = logging.StreamHandler(sys.stdout); h.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(h); log.setLevel(logging.INFO); log.propagate = False
 
+class _Parser(argparse.ArgumentParser):
+    "argparse with one-line errors (no usage block): `condense-nb reproduce: error: ... (see condense-nb reproduce --help)`."
+    def error(self, message): self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 def build_parser() -> argparse.ArgumentParser:
-    "The `condense-nb` argument parser with its `data` and `reproduce` subcommands."
-    p = argparse.ArgumentParser(prog="condense-nb", description="Build the synthetic datasets and reproduce the "
+    "The `condense-nb` argument parser with its `data`, `pool`, `reproduce` and `ship-teacher` subcommands."
+    p = _Parser(prog="condense-nb", description="Build the synthetic datasets and reproduce the "
                                 "ConDense / FiT3D / I2P-MAE experiments of condense-nb.")
     sub = p.add_subparsers(dest="command", required=True, metavar="{data,pool,reproduce,ship-teacher}")
+    cpus = os.cpu_count() or 1
     d = sub.add_parser("data", help="build the synthetic datasets of a preset (resumable)",
                        description="Build the SynthRooms/SynthShapes datasets of a preset into ROOT/PRESET/ (resumable).")
     d.add_argument("--preset", required=True, choices=PRESETS, help="dataset size: tiny (CI), small (CPU), full (GPU)")
     d.add_argument("--root", default="data", help="datasets folder (default: data)")
+    d.add_argument("--overwrite", action="store_true",
+                   help="delete ROOT/PRESET/ (built with another config or damaged) and build it again")
+    d.add_argument("--threads", type=_threads_arg, default=None, metavar="N", help=f"torch CPU threads, 1..{cpus} (default: torch's)")
     d.set_defaults(func=_cmd_data)
     q = sub.add_parser("pool", help="render the unlabelled pre-training pool of a preset (parallel, resumable)",
                        description="Render the unlabelled SynthRooms pool of a preset (rooms no split uses; RGB, depth, cameras) "
@@ -318,15 +591,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_cmd_pool)
     r = sub.add_parser("reproduce", help="run the pipeline notebooks and write RUNS/PRESET/report.md",
                        description="Run the pipeline notebooks (nbs/pipelines/) in order with papermill, then "
-                       "assemble RUNS/PRESET/report.md. Finished stages are skipped on a rerun unless --force. "
+                       "assemble RUNS/PRESET/report.md. Stages whose DONE.json still matches (notebook, parameters, "
+                       "library code, inputs, outputs) are skipped unless --force. "
                        f"Stages: {', '.join(s for s, _ in PIPELINES)}.")
     r.add_argument("--preset", required=True, choices=PRESETS, help="experiment size: tiny (CI), small (CPU), full (GPU)")
     r.add_argument("--root", default="data", help="datasets folder (default: data)")
     r.add_argument("--runs", default="runs", help="runs folder; results go to RUNS/PRESET/ (default: runs)")
     r.add_argument("--only", default=None, metavar="STAGES", help="comma-separated stages to run, e.g. data,probes")
-    r.add_argument("--force", action="store_true", help="rerun stages even if their DONE.json is up to date")
-    r.add_argument("--threads", type=int, default=0, metavar="N",
-                   help="torch CPU threads for every stage (default: each pipeline's own, 1; use 2+ on an idle machine)")
+    r.add_argument("--force", action="store_true", help="rerun the selected stages even if they are up to date")
+    r.add_argument("--threads", type=_threads_arg, default=None, metavar="N",
+                   help=f"torch CPU threads for every stage, 1..{cpus} (default: each pipeline's own: 1, torch's for data)")
     r.set_defaults(func=_cmd_reproduce)
     t = sub.add_parser("ship-teacher", help="copy a run's teacher into the package assets (maintainers)",
                        description="Copy RUNS/PRESET/teacher/teacher.safetensors into condense_nb/assets/ with its provenance and probe numbers.")
@@ -334,14 +608,35 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_ship_teacher)
     return p
 
+def _on_signal(signum, frame):
+    "SIGINT, SIGTERM, SIGHUP in `main`: end the running stage's kernel at once (SIGKILL: no half-written file survives an atomic write anyway), then unwind like Ctrl-C."
+    for token in list(_RUNNING): kill_owned(token, grace=0)
+    e = KeyboardInterrupt(signal.Signals(signum).name); e.signum = signum
+    raise e
+
+def _os_error_line(e: OSError) -> str:
+    return f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+
 def main(argv: Sequence[str] | None = None) -> int:
     "Entry point of the `condense-nb` console script; returns the exit code."
     try: args = build_parser().parse_args(argv)
     except SystemExit as e: return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    import threading
+    caught = [s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None))
+              if s is not None and signal.getsignal(s) is not signal.SIG_IGN] \
+             if threading.current_thread() is threading.main_thread() else []          # (an ignored signal stays ignored: nohup)
+    before = {s: signal.signal(s, _on_signal) for s in caught}
     try: return args.func(args)
     except UsageError as e:
         _say(f"condense-nb {args.command}: error: {e}", file=sys.stderr); return 2
-    except (ValueError, FileNotFoundError) as e:
+    except ValueError as e:
         _say(f"condense-nb {args.command}: error: {e}", file=sys.stderr); return 1
-    except KeyboardInterrupt:
-        _say("interrupted; finished stages are kept and a rerun resumes", file=sys.stderr); return 130
+    except OSError as e:
+        _say(f"condense-nb {args.command}: error: {_os_error_line(e)}", file=sys.stderr); return 1
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        _say(f"interrupted ({signal.Signals(signum).name}): the running stage's kernel was stopped; finished stages "
+             "are kept, and a rerun resumes", file=sys.stderr)
+        return 128 + int(signum)
+    finally:
+        for s, h in before.items(): signal.signal(s, h)

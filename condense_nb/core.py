@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #b824c13c
 from __future__ import annotations
-import json, math, os, random, tempfile
+import json, math, os, random, sys, tempfile, time
 from pathlib import Path
 from typing import Sequence
 import numpy as np
@@ -12,8 +12,8 @@ import torch
 
 # %% auto #0
 __all__ = ['check_tensor', 'check_choice', 'check_int', 'check_number', 'cosine_schedule', 'preset_config', 'atomic_write_bytes',
-           'atomic_write_text', 'save_json', 'load_json', 'atomic_save_image', 'atomic_savefig', 'st_bytes',
-           'seed_everything', 'get_device']
+           'atomic_write_text', 'save_json', 'load_json', 'atomic_save_image', 'atomic_savefig', 'remove_temp_files',
+           'LockedError', 'lock_holder', 'FolderLock', 'st_bytes', 'seed_everything', 'get_device']
 
 # %% ../nbs/00_core.ipynb #3d02e560
 def _fmt_shape(shape: Sequence) -> str:
@@ -139,6 +139,84 @@ def atomic_savefig(fig, path, **kw) -> Path:
     path = Path(path); buf = io.BytesIO()
     fig.savefig(buf, format=path.suffix.lstrip(".") or "png", bbox_inches="tight", **kw)
     return atomic_write_bytes(path, buf.getvalue())
+
+# %% ../nbs/00_core.ipynb #2fc77a91
+def remove_temp_files(folder, pattern: str = ".*.tmp") -> list[Path]:
+    "Delete the files matching `pattern` anywhere under `folder` (leftovers of interrupted atomic writes); return them. Only while no one else writes there."
+    folder, gone = Path(folder), []
+    if not folder.is_dir(): return gone
+    for p in sorted(folder.rglob(pattern)):
+        if p.is_file() and not p.is_symlink():
+            try: p.unlink(); gone.append(p)
+            except FileNotFoundError: pass
+    return gone
+
+class LockedError(ValueError):
+    "A lock file is held by another live process (the message names the file and the holder's PID)."
+
+def _lock_info(path) -> dict:
+    try: info = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError): return {}
+    return info if isinstance(info, dict) else {}
+
+def lock_holder(path) -> int | None:
+    "The PID recorded in the lock file `path` if that process is alive (a hint for messages), else None."
+    pid = _lock_info(path).get("pid")
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid() or os.name != "posix": return None
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return None
+    except OSError: pass                                  # alive, owned by someone else
+    return pid
+
+class FolderLock:
+    "An exclusive lock held while this process keeps `path` open (`fcntl.flock`): released on `release`, at exit or when the process dies."
+    def __init__(self, path, what: str = "this folder"):
+        self.path, self.what, self.fd, self.stale = Path(path), what, None, None
+
+    def _refuse(self):
+        info = _lock_info(self.path)
+        pid, cmd, since = info.get("pid", "?"), info.get("command"), info.get("started")
+        held = f"PID {pid}" + (f" (`{cmd}`" + (f", since {since}" if since else "") + ")" if cmd else "")
+        return LockedError(f"{self.path}: {self.what} is locked by {held}; wait for that run to finish, or stop it (kill {pid})")
+
+    def acquire(self) -> "FolderLock":
+        "Take the lock or raise `LockedError`; sets `stale` to the PID of a dead process whose lock file was left behind."
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try: import fcntl
+        except ImportError: fcntl = None
+        while True:
+            if fcntl is None:                             # no flock (Windows): the file's existence is the lock
+                try: fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    e = self._refuse(); raise LockedError(f"{e}; if no such run is going, delete {self.path}") from None
+                break
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd); raise self._refuse() from None
+            try: same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError: same = False
+            if same: break
+            os.close(fd)                                  # its holder removed it meanwhile: lock the new file
+        old = os.read(fd, 4096)
+        try: prev = json.loads(old) if old.strip() else {}
+        except ValueError: prev = {}
+        if isinstance(prev, dict) and prev.get("pid") not in (None, os.getpid()): self.stale = prev.get("pid")
+        info = dict(pid=os.getpid(), command=" ".join([Path(sys.argv[0]).name] + sys.argv[1:]) if sys.argv and sys.argv[0] else "python",
+                    started=time.strftime("%Y-%m-%d %H:%M:%S"))
+        os.ftruncate(fd, 0); os.lseek(fd, 0, os.SEEK_SET); os.write(fd, (json.dumps(info) + "\n").encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        "Remove the lock file and let go of the lock."
+        if self.fd is None: return
+        try: os.unlink(self.path)
+        except OSError: pass
+        os.close(self.fd); self.fd = None
+
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
 
 # %% ../nbs/00_core.ipynb #6efa63a1
 def st_bytes(tensors: dict, metadata: dict | None = None) -> bytes:

@@ -539,8 +539,16 @@ def save_checkpoint(out_dir, state: DinoState, opt, cfg: TeacherConfig, step: in
         if f.name.split(".")[0] not in {k.name.split(".")[0] for k in keep}: f.unlink()
     return out / "latest.json"
 
+def _older_steps(out: Path, latest: int) -> list[int]:
+    "Steps below `latest` that have both files of a kept checkpoint in `out/ckpt/`, newest first."
+    ck, steps = out / "ckpt", set()
+    for f in ck.glob("step_*.safetensors"):
+        s = f.name.split(".")[0][len("step_"):]
+        if s.isdigit() and int(s) < latest and (ck / f"step_{s}.optim.pt").exists(): steps.add(int(s))
+    return sorted(steps, reverse=True)
+
 def load_checkpoint(out_dir, state: DinoState, opt, cfg: TeacherConfig) -> tuple[int, list]:
-    "Restore the state committed in `out_dir/latest.json`; returns (step, history). Step 0 if there is none."
+    "Restore the state committed in `out_dir/latest.json`, or the newest readable older kept checkpoint if that one is damaged (saying so); returns (step, history). Step 0 if there is none."
     import safetensors.torch as st
     out = Path(out_dir)
     if not (out / "latest.json").exists(): return 0, []
@@ -550,13 +558,22 @@ def load_checkpoint(out_dir, state: DinoState, opt, cfg: TeacherConfig) -> tuple
     if diff:
         raise ValueError(f"{out / 'latest.json'}: the checkpoint was trained with another config (fields {diff}: "
                          f"{ {k: saved.get(k) for k in diff} } vs { {k: now.get(k) for k in diff} }); use a new out_dir")
-    try:
-        state.load_state_dict(st.load_file(out / meta["weights"], device=str(state.center.device)))
-        opt.load_state_dict(torch.load(out / meta["optimizer"], map_location=state.center.device, weights_only=True))
-    except Exception as e:
-        raise ValueError(f"{out}: could not restore checkpoint step {meta.get('step')} ({type(e).__name__}: {e})") from None
-    hist = load_json(out / "metrics.json") if (out / "metrics.json").exists() else []
-    return int(meta["step"]), [h for h in hist if h["step"] < int(meta["step"])]
+    dev, latest = state.center.device, int(meta["step"])
+    tries = [(latest, out / meta["weights"], out / meta["optimizer"])] + \
+            [(s, out / "ckpt" / f"step_{s:07d}.safetensors", out / "ckpt" / f"step_{s:07d}.optim.pt") for s in _older_steps(out, latest)]
+    bad = []
+    for step, wfile, ofile in tries:
+        try:
+            weights = st.load_file(wfile, device=str(dev))
+            optim = torch.load(ofile, map_location=dev, weights_only=True)
+            state.load_state_dict(weights); opt.load_state_dict(optim)
+        except Exception as e:
+            bad.append(f"checkpoint step {step} ({type(e).__name__}: {' '.join(str(e).split())[:200]})"); continue
+        if bad: print(f"{out}: could not restore {bad[0]}; resumed from the older kept checkpoint step {step} instead", flush=True)
+        hist = load_json(out / "metrics.json") if (out / "metrics.json").exists() else []
+        return step, [h for h in hist if h["step"] < step]
+    raise ValueError(f"{out}: could not restore {'; nor '.join(bad)}, and no older kept checkpoint is readable; "
+                     f"remove {out} to train from step 0")
 
 # %% ../nbs/12_teacher.ipynb #da38dca0
 def teacher_encoder(state: DinoState, cfg: TeacherConfig) -> DenseEncoder:

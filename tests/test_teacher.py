@@ -271,17 +271,23 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert again.meta["resumed_from"] == 6 and torch.equal(again(data[:2]), full(data[:2]))
 
 
-def test_resume_refuses_another_config_and_bad_files(tmp_path):
+def test_resume_refuses_another_config_and_bad_files(tmp_path, capsys):
     data = toy_images(8, 32)
     cfg = from_preset("tiny", steps=2)
     train_teacher(data, cfg, tmp_path, progress=False)
     with pytest.raises(ValueError, match=r"another config \(fields \['embed_dim'\]"):
         train_teacher(data, from_preset("tiny", steps=2, embed_dim=24), tmp_path, progress=False)
     train_teacher(data, from_preset("tiny", steps=2, ckpt_every=1, log_every=5), tmp_path, progress=False)   # bookkeeping may change
-    meta = json.loads((tmp_path / "latest.json").read_text())
-    (tmp_path / meta["weights"]).write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="could not restore checkpoint step 2"):
-        train_teacher(data, cfg, tmp_path, progress=False)
+    cfg = from_preset("tiny", steps=2, ckpt_every=1, keep_ckpts=2)
+    good = train_teacher(data, cfg, tmp_path / "b", progress=False)          # checkpoints of steps 1 and 2
+    meta = json.loads((tmp_path / "b" / "latest.json").read_text())
+    (tmp_path / "b" / meta["weights"]).write_bytes(b"garbage")               # the newest checkpoint is damaged:
+    res = train_teacher(data, cfg, tmp_path / "b", progress=False)           # resume from the older kept one, and say so
+    assert res.meta["resumed_from"] == 1 and "resumed from the older kept checkpoint step 1" in capsys.readouterr().out
+    assert torch.equal(res(data[:2]), good(data[:2]))                        # replaying step 2 gives the same teacher
+    (tmp_path / "b" / meta["weights"]).write_bytes(b"garbage"); (tmp_path / "b" / "ckpt" / "step_0000001.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="could not restore checkpoint step 2 .*; nor checkpoint step 1 .*remove .* to train from step 0"):
+        train_teacher(data, cfg, tmp_path / "b", progress=False)
 
 
 _RAN = []
