@@ -556,11 +556,17 @@ def _cmd_reproduce(args) -> int:
     return reproduce(args.preset, root=args.root, runs=args.runs, only=args.only, force=args.force, threads=args.threads or 0)
 
 def _papermill_logging():
-    "Show papermill's log (the notebooks' printed output) on stdout, without touching the root logger."
+    """Show papermill's log (the notebooks' printed output) on stdout, without touching the root logger.
+    The handler looks `sys.stdout` up at each message, so a replaced or closed stdout (a test's capture,
+    a caller that redirects it) never leaves papermill writing into a dead stream."""
     import logging
+    class _Stdout(logging.Handler):
+        def emit(self, record):
+            try: sys.stdout.write(self.format(record) + "\n")
+            except ValueError: pass   # stdout was closed under us: drop the line, not the run
     log = logging.getLogger("papermill")
-    if not log.handlers:
-        h = logging.StreamHandler(sys.stdout); h.setFormatter(logging.Formatter("%(message)s"))
+    if not any(type(h).__name__ == "_Stdout" for h in log.handlers):   # once per process
+        h = _Stdout(); h.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(h); log.setLevel(logging.INFO); log.propagate = False
 
 class _Parser(argparse.ArgumentParser):

@@ -281,3 +281,19 @@ def test_ship_teacher_copies_weights_with_provenance(tmp_path):
     assert back.meta["probe_test"]["probes"]["teacher"]["seg"]["mean"]["mIoU"] == 0.5 and "reproduce --preset tiny" in back.meta["command"]
     with pytest.raises(ValueError, match="file not found"):
         ship_teacher("small", runs=tmp_path / "runs", assets=tmp_path / "assets")
+
+
+def test_papermill_log_survives_a_closed_stdout(capsys):
+    "The papermill handler looks stdout up per message: a stdout closed after the CLI ran (a test's capture) is no error."
+    import io, logging
+    real, dead = sys.stdout, io.StringIO()
+    sys.stdout = dead
+    try: cli._papermill_logging()
+    finally: sys.stdout = real
+    dead.close()
+    log = logging.getLogger("papermill")
+    log.info("line after the first stdout closed")
+    cli._papermill_logging()                                                # a second call adds no second handler
+    assert sum(type(h).__name__ == "_Stdout" for h in log.handlers) == 1
+    out, err = capsys.readouterr()
+    assert "line after the first stdout closed" in out and "Logging error" not in err
