@@ -551,6 +551,30 @@ def _cmd_pool(args) -> int:
          f"this run {fmt_duration(time.time() - t0)}, {info['shard_seconds']:.0f} s of rendering over all runs")
     return 0
 
+def _cmd_notebooks(args) -> int:
+    nbm = importlib.import_module("condense_nb.notebooks")
+    try: folder = nbm.nbs_dir()
+    except FileNotFoundError as e: raise UsageError(str(e)) from None
+    paths = nbm.teaching_notebooks(folder)
+    if args.only:
+        by = {p.stem: p for p in paths}
+        names = [n.strip().removesuffix(".ipynb") for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in by]
+        if unknown: raise UsageError(f"--only: no teaching notebook {', '.join(map(repr, unknown))} in {folder} "
+                                     f"(known: {', '.join(by)})")
+        paths = [by[n] for n in names]
+    if not (args.execute or args.stale):
+        print(nbm.status_table(paths))
+        behind = [p.stem for p in paths if not nbm.output_status(p)["current"]]
+        if behind: _say(f"{len(behind)} notebooks need `condense-nb notebooks --stale`: {', '.join(behind)}")
+        return 1 if (args.check and behind) else 0
+    t0 = time.time()
+    try: rows = nbm.execute_notebooks(paths, stale_only=args.stale, timeout=args.timeout, threads=args.threads, log=_say)
+    except RuntimeError as e:
+        _say(f"condense-nb notebooks: error: {e}", file=sys.stderr); return 1
+    _say(f"{len(rows)} notebooks executed in {fmt_duration(time.time() - t0)}; their outputs are stored in {folder}")
+    return 0
+
 def _cmd_reproduce(args) -> int:
     _papermill_logging()
     return reproduce(args.preset, root=args.root, runs=args.runs, only=args.only, force=args.force, threads=args.threads or 0)
@@ -574,10 +598,10 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message): self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 def build_parser() -> argparse.ArgumentParser:
-    "The `condense-nb` argument parser with its `data`, `pool`, `reproduce` and `ship-teacher` subcommands."
+    "The `condense-nb` argument parser with its `data`, `pool`, `reproduce`, `notebooks` and `ship-teacher` subcommands."
     p = _Parser(prog="condense-nb", description="Build the synthetic datasets and reproduce the "
                                 "ConDense / FiT3D / I2P-MAE experiments of condense-nb.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{data,pool,reproduce,ship-teacher}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{data,pool,reproduce,notebooks,ship-teacher}")
     cpus = os.cpu_count() or 1
     d = sub.add_parser("data", help="build the synthetic datasets of a preset (resumable)",
                        description="Build the SynthRooms/SynthShapes datasets of a preset into ROOT/PRESET/ (resumable).")
@@ -608,6 +632,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=_threads_arg, default=None, metavar="N",
                    help=f"torch CPU threads for every stage, 1..{cpus} (default: each pipeline's own: 1, torch's for data)")
     r.set_defaults(func=_cmd_reproduce)
+    n = sub.add_parser("notebooks", help="list, check or regenerate the outputs stored in the teaching notebooks",
+                       description="Without options: list the teaching notebooks of nbs/ and whether their stored outputs "
+                       "are current (computed from the code they hold). --execute runs them in fresh kernels and stores "
+                       "the outputs (deterministic, cleaned as nbdev-clean does); --stale runs only the out-of-date ones.")
+    act = n.add_mutually_exclusive_group()
+    act.add_argument("--execute", action="store_true", help="execute the notebooks (all, or those of --only) and store their outputs")
+    act.add_argument("--stale", action="store_true", help="execute only the notebooks whose stored outputs are not current")
+    act.add_argument("--check", action="store_true", help="exit 1 when a notebook's stored outputs are not current")
+    n.add_argument("--only", default=None, metavar="NAMES", help="comma-separated notebooks, e.g. 20_gaussians,40_raymarch")
+    n.add_argument("--timeout", type=float, default=600, metavar="S", help="seconds allowed per cell (default: 600)")
+    n.add_argument("--threads", type=_threads_arg, default=None, metavar="N", help=f"torch CPU threads in each kernel, 1..{cpus}")
+    n.set_defaults(func=_cmd_notebooks)
     t = sub.add_parser("ship-teacher", help="copy a run's teacher into the package assets (maintainers)",
                        description="Copy RUNS/PRESET/teacher/teacher.safetensors into condense_nb/assets/ with its provenance and probe numbers.")
     t.add_argument("--preset", required=True, choices=PRESETS); t.add_argument("--runs", default="runs")

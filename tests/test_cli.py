@@ -297,3 +297,31 @@ def test_papermill_log_survives_a_closed_stdout(capsys):
     assert sum(type(h).__name__ == "_Stdout" for h in log.handlers) == 1
     out, err = capsys.readouterr()
     assert "line after the first stdout closed" in out and "Logging error" not in err
+
+
+def _tiny_nb(path, code):
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)],
+                                            metadata={"kernelspec": {"name": "python3", "display_name": "python3", "language": "python"}}), str(path))
+
+
+def test_notebooks_command_lists_checks_and_executes(tmp_path, monkeypatch, capsys):
+    "`condense-nb notebooks`: a status table, --check exits 1 on stale outputs, --execute stores them, --only checks names."
+    from condense_nb import notebooks as nbm
+    monkeypatch.setattr(nbm, "nbs_dir", lambda: tmp_path)
+    _tiny_nb(tmp_path/"01_a.ipynb", "print(6 * 7)"); _tiny_nb(tmp_path/"02_b.ipynb", "1 + 1")
+    (tmp_path/"pipelines").mkdir(); _tiny_nb(tmp_path/"pipelines/00_p.ipynb", "raise SystemExit")   # not a teaching notebook
+    assert cli.main(["notebooks"]) == 0
+    out = capsys.readouterr().out
+    assert "01_a" in out and "not executed" in out and "00_p" not in out
+    assert cli.main(["notebooks", "--check"]) == 1
+    assert cli.main(["notebooks", "--execute", "--only", "01_a"]) == 0
+    assert nbm.output_status(tmp_path/"01_a.ipynb")["current"] and not nbm.output_status(tmp_path/"02_b.ipynb")["executed"]
+    assert "42" in (tmp_path/"01_a.ipynb").read_text()
+    assert cli.main(["notebooks", "--stale"]) == 0                                   # runs 02_b only
+    assert cli.main(["notebooks", "--check"]) == 0
+    capsys.readouterr()
+    assert cli.main(["notebooks", "--only", "zz"]) == 2
+    assert "no teaching notebook 'zz'" in capsys.readouterr().err
+    _tiny_nb(tmp_path/"01_a.ipynb", "1 / 0")                                         # a failing notebook: exit 1, named
+    assert cli.main(["notebooks", "--execute", "--only", "01_a"]) == 1
+    assert "01_a.ipynb: cell 0 failed: ZeroDivisionError" in capsys.readouterr().err
