@@ -101,6 +101,18 @@ def _static_widgets(nb: dict) -> None:
             outs += shown if shown else [o]
         c["outputs"] = outs
 
+def _plotly_html(nb: dict, stem: str) -> None:
+    "Give each plotly figure an HTML form too (a div and a `Plotly.newPlot` call, no plotly.js), for HTML renderers such as the docs site."
+    import plotly.io as pio
+    k = 0
+    for c in nb["cells"]:
+        for o in c.get("outputs", []):
+            fig = o.get("data", {}).get(PLOTLY_MIME)
+            if fig is None or "text/html" in o["data"]: continue
+            o["data"]["text/html"] = pio.to_html(fig, include_plotlyjs=False, full_html=False, div_id=f"plotly-{stem}-{k}",
+                                                 default_height=fig.get("layout", {}).get("height") or 500, validate=False)
+            k += 1
+
 def _clean(nb: dict) -> dict:
     "Widget views made static, then nbdev's cleaning with this project's allowed keys."
     from nbdev.clean import clean_nb
@@ -120,6 +132,27 @@ def _cuda_cells(nb) -> list:
     "Code cells flagged `#| cuda` (nbdev's test flag for cells that need a GPU)."
     return [c for c in nb.cells if c.cell_type == "code" and re.match(r"\s*(#\|[^\n]*\n\s*)*#\|\s*cuda\b", _src(c))]
 
+def _polling_client():
+    "nbclient's `NotebookClient` whose shell channel is polled every 0.5 s instead of waiting once for the whole cell timeout."
+    from queue import Empty
+    from nbclient import NotebookClient
+    from nbclient.util import ensure_async
+
+    class PollingClient(NotebookClient):
+        async def async_start_new_kernel_client(self):
+            kc = await super().async_start_new_kernel_client()
+            get = kc.shell_channel.get_msg
+            async def polled(timeout=None, **kw):
+                deadline = None if timeout is None else time.monotonic() + timeout
+                while True:
+                    step = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+                    try: return await ensure_async(get(timeout=step, **kw))
+                    except Empty:
+                        if deadline is not None and time.monotonic() >= deadline: raise
+            kc.shell_channel.get_msg = polled
+            return kc
+    return PollingClient
+
 def execute_notebook(path, timeout: float = 600, threads: int | None = None) -> dict:
     """Execute the notebook at `path` in a fresh kernel and store its cleaned outputs and code fingerprint.
 
@@ -132,7 +165,6 @@ def execute_notebook(path, timeout: float = 600, threads: int | None = None) -> 
         `output_status` of the written notebook plus `seconds`, the wall time of the run.
     """
     import nbformat
-    from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
     from fastcore.nbio import nb2str
     path = Path(path)
@@ -144,7 +176,7 @@ def execute_notebook(path, timeout: float = 600, threads: int | None = None) -> 
     for c in nb.cells:
         if c.cell_type == "code": c.outputs, c.execution_count = [], None
     for c in skip: c.metadata.setdefault("tags", []).append("skip-execution")   # nbclient's own skip tag
-    client = NotebookClient(nb, timeout=int(timeout), kernel_name="python3", record_timing=False,
+    client = _polling_client()(nb, timeout=int(timeout), kernel_name="python3", record_timing=False,
                             store_widget_state=True, resources={"metadata": {"path": str(path.parent.resolve())}})
     t0 = time.time()
     try: client.execute(env=_kernel_env(threads))
@@ -160,6 +192,8 @@ def execute_notebook(path, timeout: float = 600, threads: int | None = None) -> 
         c.metadata.tags.remove("skip-execution")
         if not c.metadata.tags: del c.metadata["tags"]
     d = json.loads(nbformat.writes(nb))
+    _static_widgets(d)                                            # first: a widget's figure gets its HTML form too
+    _plotly_html(d, path.stem)
     d = _clean(d)
     d["metadata"][META_KEY] = {"code_sha256": code_digest(d)}
     atomic_write_text(path, nb2str(d))

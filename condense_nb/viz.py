@@ -248,13 +248,13 @@ def plot_scene_3d(points, colors=None, viewmats=None, K=None, width: int | None 
         xyz, idx, tops = _frusta_vertices(viewmats, K, width, height, frustum_depth)
         V = int(idx.max()) + 1
         traces.append(go.Scatter3d(x=_none_gaps(xyz[:, 0]), y=_none_gaps(xyz[:, 1]), z=_none_gaps(xyz[:, 2]), mode="lines",
-                                   name="cameras", line=dict(color=idx, colorscale="Plasma", cmin=0, cmax=max(V - 1, 1), width=3),
-                                   hoverinfo="skip"))
+                                   name="cameras", line=dict(color=idx.tolist(), colorscale="Plasma", cmin=0, cmax=max(V - 1, 1), width=3),
+                                   hoverinfo="skip", legendgroup="cameras", showlegend=False))   # plotly.js cannot draw a colour-array line in the legend
         traces.append(go.Scatter3d(x=_none_gaps(tops[:, 0]), y=_none_gaps(tops[:, 1]), z=_none_gaps(tops[:, 2]), mode="lines",
                                    name="image top", line=dict(color="black", width=7), hoverinfo="skip"))
         cen = xyz[0::24]                                                # every camera's first spoke starts at its centre
-        traces.append(go.Scatter3d(x=cen[:, 0], y=cen[:, 1], z=cen[:, 2], mode="markers", name="camera centres",
-                                   marker=dict(size=4, color=np.arange(V), colorscale="Plasma", cmin=0, cmax=max(V - 1, 1)),
+        traces.append(go.Scatter3d(x=cen[:, 0], y=cen[:, 1], z=cen[:, 2], mode="markers", name="camera centres", legendgroup="cameras",
+                                   marker=dict(size=4, color=list(range(V)), colorscale="Plasma", cmin=0, cmax=max(V - 1, 1)),
                                    text=[f"camera {i}" for i in range(V)], hoverinfo="text"))
     fig = go.Figure(traces)
     fig.update_layout(scene=dict(aspectmode="data", xaxis_title="x", yaxis_title="y", zaxis_title="z"),

@@ -32,3 +32,12 @@ def test_notebook(nb):
     ok, _ = nbt.test_nb(nb, skip_flags=SKIP, force_flags=FORCE, basepath=CFG.config_path,
                         cell_timeout=CFG.cell_timeout)
     assert ok, f"{nb.name} failed (the cell and its traceback are printed above)"
+
+
+def test_nbdev_docs_preprocessing_passes():
+    """`nbdev-proc-nbs` (what `nbdev-docs` runs before quarto) executes every export, `show_doc` and import-holding cell
+    of every notebook; it fails when such a cell needs a test cell's variables. Called as a function: no quarto needed."""
+    from nbdev.serve import proc_nbs
+    cache = proc_nbs(str(CFG.nbs_path), n_workers=1, force=True)
+    assert (Path(cache)/"index.ipynb").exists() and len(list(Path(cache).glob("*.ipynb"))) == len(NBS) - len(
+        [p for p in NBS if p.parent != CFG.nbs_path])
