@@ -11,12 +11,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from .core import check_tensor, check_choice, check_int
 from .cameras import unproject, camera_center
-from .raymarch import check_aabb
+from .raymarch import check_aabb, check_grid
+from .metrics import pca_rgb
 
 # %% auto #0
 __all__ = ['DEFAULT_IN_CHANNELS', 'check_resolution', 'voxel_index', 'voxel_centers', 'voxelize_points', 'scene_aabb',
            'voxel_labels', 'fuse_rgbd', 'iou', 'InputHead', 'ConvBlock3D', 'UNet3D', 'Encoder3D', 'SegHead3D',
-           'ClsHead3D']
+           'ClsHead3D', 'aabb_edges', 'plot_feature_grid_3d']
 
 # %% ../nbs/41_encoder3d.ipynb #0efc4cf3
 def check_resolution(resolution) -> tuple[int, int, int]:
@@ -265,3 +266,46 @@ class ClsHead3D(nn.Module):
         mean = (x * m).sum(-1) / n.clamp_min(1)
         y = self.mlp(torch.cat([mx, mean], 1))
         return y[0] if added else y
+
+# %% ../nbs/41_encoder3d.ipynb #73dffa60
+def aabb_edges(aabb: Tensor) -> Tensor:  # aabb [2, 3] -> [12, 2, 3]
+    "The 12 edges of an axis-aligned box, each as a pair of corners."
+    aabb = check_aabb(aabb)
+    bits = torch.tensor([[(c >> a) & 1 for a in range(3)] for c in range(8)], dtype=torch.bool)   # corner c: (x, y, z) = min/max
+    corners = torch.where(bits, aabb[1], aabb[0])                                                   # [8, 3]
+    pairs = [(a, b) for a in range(8) for b in range(a + 1, 8) if bin(a ^ b).count("1") == 1]        # differ along one axis
+    return corners[torch.tensor(pairs)]
+
+def plot_feature_grid_3d(grid: Tensor, aabb: Tensor, occupancy: Tensor | None = None, threshold: float = 0.0,
+                         max_points: int = 4000, point_size: float = 3.0, show_box: bool = True, seed: int = 0,
+                         title: str | None = None):  # grid [C, D, H, W], aabb [2, 3], occupancy [D, H, W]
+    "Plotly 3D scatter of a feature grid's occupied voxel centres, coloured by a 3-component PCA of their features."
+    import plotly.graph_objects as go
+    from condense_nb.viz import _hex_colors
+    grid = check_tensor(check_grid(grid), "grid").detach().cpu()
+    aabb = check_aabb(aabb).detach().cpu().to(grid.dtype if grid.is_floating_point() else torch.float32)
+    max_points, threshold = check_int(max_points, "max_points"), float(threshold)
+    res = tuple(grid.shape[1:])
+    if occupancy is None: occ = (grid != 0).any(0)
+    else:
+        occupancy = check_tensor(occupancy, "occupancy", res).detach().cpu()
+        occ = occupancy > threshold
+    if not occ.any(): raise ValueError(f"occupancy: no voxel is occupied (threshold {threshold}); nothing to draw")
+    kji = occ.nonzero()                                                                  # [N, 3] (k, j, i), row-major
+    pos = voxel_centers(aabb, res)[occ].double().numpy()                                 # [N, 3] same order
+    rgb = pca_rgb(grid[:, occ][:, :, None].float())[0, :, 0].numpy()                     # [N, 3]: PCA over all occupied voxels
+    if len(pos) > max_points:                                                            # seeded uniform subset
+        keep = torch.randperm(len(pos), generator=torch.Generator().manual_seed(seed))[:max_points].sort().values
+        kji, pos, rgb = kji[keep], pos[keep], rgb[keep.numpy()]
+    text = [f"voxel (k, j, i) = ({k}, {j}, {i})" for k, j, i in kji.tolist()]
+    traces = [go.Scatter3d(x=pos[:, 0], y=pos[:, 1], z=pos[:, 2], mode="markers", name=f"{len(pos)} voxels",
+                           marker=dict(size=point_size, symbol="square", color=_hex_colors(rgb)), text=text, hoverinfo="text")]
+    if show_box:
+        e = aabb_edges(aabb).double()
+        seg = torch.cat([e, torch.full((12, 1, 3), math.nan, dtype=e.dtype)], 1).reshape(-1, 3).numpy()   # NaN between edges
+        xyz = [[None if math.isnan(v) else float(v) for v in seg[:, a]] for a in range(3)]
+        traces.append(go.Scatter3d(x=xyz[0], y=xyz[1], z=xyz[2], mode="lines", name="AABB", line=dict(color="black", width=2), hoverinfo="skip"))
+    fig = go.Figure(traces)
+    fig.update_layout(scene=dict(aspectmode="data", xaxis_title="x", yaxis_title="y", zaxis_title="z"),
+                      margin=dict(l=0, r=0, t=30 if title else 0, b=0), legend=dict(itemsizing="constant"), title=title, height=520)
+    return fig

@@ -12,18 +12,20 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .core import check_tensor, check_choice, check_int, atomic_write_bytes, save_json, preset_config
+from .core import check_tensor, check_choice, check_int, check_number, atomic_write_bytes, save_json, preset_config
 from .cameras import unproject, camera_center, intrinsics, inroom_path
 from .gaussians import rasterize, quat_to_rotmat
 from .pointops import knn
+from .metrics import pca_rgb
 from . import scenes
 
 # %% auto #0
 __all__ = ['SH_C0', 'GAUSSIAN_PARAMS', 'SSIM_C1', 'SSIM_C2', 'LIFT_PRESETS', 'GAUSSIANS_FORMAT', 'check_views', 'scene_views',
            'FeatureGaussians', 'init_from_depth', 'gaussian_window', 'ssim', 'rgb_loss', 'psnr', 'upsample_features',
            'lift_losses', 'LiftConfig', 'scene_extent', 'make_optimizer', 'means_lr', 'prune_gaussians',
-           'view_space_grad', 'densify_gaussians', 'teacher_features', 'lift_scene', 'save_gaussians', 'load_gaussians',
-           'dist_rank_world', 'shard_scenes', 'lift_scenes']
+           'view_space_grad', 'densify_gaussians', 'teacher_features', 'lift_scene', 'feature_pca_colors',
+           'plot_gaussians_3d', 'densify_prune_fates', 'save_gaussians', 'load_gaussians', 'dist_rank_world',
+           'shard_scenes', 'lift_scenes']
 
 # %% ../nbs/21_lifting.ipynb #f9ec520c
 def check_views(views: dict, name: str = "views") -> dict:
@@ -392,6 +394,73 @@ def lift_scene(views: dict, feature_fn: Callable, cfg: LiftConfig, progress: boo
         hist["step"].append(step); hist["n_gaussians"].append(len(gs)); hist["seconds"].append(time.perf_counter() - t0)
         if progress: bar.set_postfix(psnr=f"{hist['psnr'][-1]:.1f}", feat=f"{hist['feat'][-1]:.3f}", n=len(gs))
     return gs, hist
+
+# %% ../nbs/21_lifting.ipynb #314b6e84
+def feature_pca_colors(features, q: float = 0.01) -> Tensor:  # features [N, d] -> [N, 3] in [0, 1]
+    "RGB of per-Gaussian features: their first three principal components, each stretched between its q and 1-q quantiles."
+    f = check_tensor(features, "features", (None, None)).detach()
+    if len(f) < 2: raise ValueError(f"features: need at least 2 rows for a PCA, got {len(f)}")
+    return pca_rgb(f.T[:, :, None], q)[0, :, 0]                       # the N Gaussians as an N×1 map of d channels
+
+def _gaussian_arrays(gaussians) -> tuple:
+    "(means [N,3], scales [N,3], opacities [N], features [N,d]), detached, of a FeatureGaussians or a dict with those keys."
+    if isinstance(gaussians, FeatureGaussians):
+        g = dict(means=gaussians.means, scales=gaussians.scales, opacities=gaussians.opacities, features=gaussians.features)
+    elif isinstance(gaussians, dict): g = gaussians
+    else: raise ValueError(f"gaussians: expected FeatureGaussians or a dict(means, scales, opacities, features), got {type(gaussians).__name__}")
+    missing = [k for k in ("means", "scales", "opacities", "features") if k not in g]
+    if missing: raise ValueError(f"gaussians: missing key(s) {missing}")
+    with torch.no_grad():
+        means = check_tensor(g["means"], "means", (None, 3)).detach().cpu(); N = len(means)
+        scales = check_tensor(g["scales"], "scales", (N, 3)).detach().cpu()
+        opac = check_tensor(g["opacities"], "opacities", (N,)).detach().cpu()
+        feats = check_tensor(g["features"], "features", (N, None)).detach().cpu()
+    if (scales <= 0).any(): raise ValueError("scales: expected standard deviations > 0")
+    return means, scales, opac, feats
+
+def plot_gaussians_3d(gaussians, max_points: int = 3000, size_range=(1.5, 8.0), seed: int = 0, title: str | None = None):
+    "Plotly 3D view of feature Gaussians: centres coloured by the PCA of their features, sized by their largest scale, opacity on hover."
+    import plotly.graph_objects as go
+    from condense_nb.viz import _hex_colors
+    means, scales, opac, feats = _gaussian_arrays(gaussians)
+    N, max_points = len(means), check_int(max_points, "max_points", 1)
+    if not (isinstance(size_range, (tuple, list)) and len(size_range) == 2 and 0 < size_range[0] <= size_range[1]):
+        raise ValueError(f"size_range: expected (smallest, largest) marker sizes with 0 < smallest <= largest, got {size_range!r}")
+    rgb = feature_pca_colors(feats)                                    # fitted on all N, then subsampled
+    keep = torch.arange(N) if N <= max_points else torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:max_points].sort().values
+    s = scales[keep].max(-1).values                                    # the longest axis' standard deviation
+    ls = s.log()
+    span = float(ls.max() - ls.min())
+    size = size_range[0] + (size_range[1] - size_range[0]) * ((ls - ls.min()) / span if span > 0 else torch.full_like(ls, 0.5))
+    m = means[keep].numpy()
+    text = [f"opacity {o:.3f}<br>scale {v:.4f}" for o, v in zip(opac[keep].tolist(), s.tolist())]
+    fig = go.Figure(go.Scatter3d(x=m[:, 0], y=m[:, 1], z=m[:, 2], mode="markers", name="Gaussians", text=text, hoverinfo="text",
+                                 marker=dict(size=size.tolist(), color=_hex_colors(rgb[keep].numpy()), line=dict(width=0))))
+    fig.update_layout(scene=dict(aspectmode="data", xaxis_title="x", yaxis_title="y", zaxis_title="z"), height=520,
+                      margin=dict(l=0, r=0, t=30, b=0),
+                      title=title or f"{len(keep)} of {N} Gaussians: colour = PCA of features, size = scale")
+    return fig
+
+# %% ../nbs/21_lifting.ipynb #e7d83840
+def densify_prune_fates(gaussians: FeatureGaussians, grad_score: Tensor, densify_grad_threshold: float, prune_opacity: float,
+                        extent: float, percent_dense: float = 0.01, max_gaussians: int | None = None) -> dict:
+    # grad_score [N] -> dict(clone, split, prune) of [N] bool masks
+    "What `densify_gaussians` and `prune_gaussians` would do to each Gaussian at these thresholds (nothing is changed)."
+    N = len(gaussians)
+    score = check_tensor(grad_score, "grad_score", (N,)).to(gaussians.means.device)
+    thr = check_number(densify_grad_threshold, "densify_grad_threshold", 0)
+    p = check_number(prune_opacity, "prune_opacity", 0, 1)
+    extent, percent_dense = check_number(extent, "extent", 0, lo_open=True), check_number(percent_dense, "percent_dense", 0)
+    sel = score >= thr
+    if max_gaussians is not None:                                       # densify_gaussians' budget rule
+        room = max(check_int(max_gaussians, "max_gaussians", 0) - N, 0)
+        if int(sel.sum()) > room:
+            top = torch.topk(torch.where(sel, score, torch.full_like(score, -1.0)), room).indices
+            sel = torch.zeros_like(sel); sel[top] = True
+    with torch.no_grad():
+        big = gaussians.scales.max(-1).values > percent_dense * extent
+        prune = gaussians.opacities < p
+    return dict(clone=sel & ~big, split=sel & big, prune=prune)
 
 # %% ../nbs/21_lifting.ipynb #1c9c2954
 GAUSSIANS_FORMAT = "condense-nb-feature-gaussians/1"

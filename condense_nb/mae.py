@@ -25,7 +25,8 @@ from .i2pmae import random_mask
 __all__ = ['PRESETS', 'POOLS', 'MAEConfig', 'from_preset', 'Tokens', 'tokenize', 'gather_tokens', 'pos_mlp', 'vit_blocks',
            'run_blocks', 'MAEEncoder', 'PointMAE', 'token_targets', 'pool_tokens', 'global_feature', 'PointClassifier',
            'param_groups', 'make_optimizer', 'lr_at', 'pretrain_step', 'save_checkpoint', 'load_checkpoint', 'load_mae',
-           'scale_translate', 'cloud_loader', 'pretrain', 'plot_reconstruction']
+           'scale_translate', 'cloud_loader', 'pretrain', 'plot_reconstruction', 'reconstruction_clouds',
+           'plot_reconstruction_3d']
 
 # %% ../nbs/33_mae.ipynb #132eea9f
 @dataclass
@@ -519,4 +520,74 @@ def plot_reconstruction(out: dict, b: int = 0, title: str = ""):  # out: PointMA
         for a, m in zip("xyz", mid): getattr(ax, f"set_{a}lim")(m - half, m + half)   # same scale on every axis
         ax.set_title(name, fontsize=10); ax.axis("off"); ax.view_init(elev=20, azim=-60)
     if title: fig.suptitle(title)
+    return fig
+
+# %% ../nbs/33_mae.ipynb #984d3da1
+_RECON_KEYS = ("tokens", "centres", "visible_idx", "masked_idx", "pred_points", "target_points")
+
+def _cloud_of(points, tk: Tokens, b: int) -> np.ndarray:  # points [B, N, 3] or [N, 3] or None -> [n, 3]
+    "Cloud `b` as drawn: `points[b]` after checking the tokens were cut from it, else every point in some token (once)."
+    B, G, k = tk.idx.shape
+    flat, allp = tk.idx[b].reshape(-1), (tk.neigh[b] + tk.centres[b][:, None]).reshape(-1, 3)    # [G*k], [G*k, 3]
+    if points is None:
+        slot = torch.empty(int(flat.max()) + 1, dtype=torch.long)
+        slot[flat] = torch.arange(len(flat))                                             # any slot of a point: same coordinates
+        return allp[slot[flat.unique()]].detach().cpu().float().numpy()
+    p = check_tensor(points, "points")
+    if p.ndim == 3 and p.shape[0] == B and p.shape[2] == 3: p = p[b]
+    if p.ndim != 2 or p.shape[1] != 3: raise ValueError(f"points: expected the input clouds [B={B}, N, 3] or one cloud [N, 3], got {list(p.shape)}")
+    p = p.detach().cpu()
+    if len(p) <= flat.max() or not torch.allclose(p[flat.cpu()], allp.detach().cpu(), atol=1e-4 * (1 + float(p.abs().max()))):
+        raise ValueError(f"points: cloud {b} is not the cloud the tokens of `out` were cut from")
+    return p.float().numpy()
+
+def reconstruction_clouds(out: dict, b: int = 0, points: Tensor | None = None) -> dict:  # out: PointMAE.forward's dict, points [B, N, 3] or [N, 3]
+    "Cloud `b` of a forward pass as point sets: input, visible, reconstruction (pred + centre), masked (truth); name -> (xyz [n,3], token [n] or None)."
+    if not isinstance(out, dict) or any(key not in out for key in _RECON_KEYS):
+        raise ValueError(f"out: expected the dict returned by PointMAE.forward (keys {list(_RECON_KEYS)}), got "
+                         f"{sorted(out) if isinstance(out, dict) else type(out).__name__}")
+    tk = out["tokens"]
+    B, G, k = tk.idx.shape
+    b = check_int(b, "b", 0, B - 1)
+    c, vis, msk = out["centres"][b], out["visible_idx"][b], out["masked_idx"][b]                  # [G, 3], [Gv], [Gm]
+    np_ = lambda t: t.detach().cpu().reshape(-1, 3).float().numpy()
+    ids = lambda sel: sel.detach().cpu().repeat_interleave(k).numpy()                              # the token of each point
+    return dict(input=(_cloud_of(points, tk, b), None),
+                visible=(np_(tk.neigh[b, vis] + c[vis][:, None]), ids(vis)),                      # [Gv*k, 3]
+                reconstruction=(np_(out["pred_points"][b] + c[msk][:, None]), ids(msk)),          # [Gm*k, 3]
+                masked=(np_(out["target_points"][b] + c[msk][:, None]), ids(msk)))
+
+def _subsample(n: int, max_points: int, seed: int) -> np.ndarray:  # -> sorted indices [min(n, max_points)]
+    "All of range(n), or a seeded uniform subset of `max_points` of them (sorted: a trace keeps its order)."
+    if n <= max_points: return np.arange(n)
+    return np.sort(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_points].numpy())
+
+def plot_reconstruction_3d(out: dict, b: int = 0, points: Tensor | None = None, max_points: int = 4000, seed: int = 0,
+                           point_size: float = 2.0, title: str | None = None):  # out: PointMAE.forward's dict, points [B, N, 3] or [N, 3]
+    "Plotly scenes of cloud `b`: input | visible tokens | reconstructed masked tokens (+ the truth, hidden until clicked)."
+    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go
+    clouds = reconstruction_clouds(out, b, points)
+    max_points = check_int(max_points, "max_points")
+    k, Gv, Gm = out["tokens"].idx.shape[2], out["visible_idx"].shape[1], out["masked_idx"].shape[1]
+    spec = dict(input=(1, "#7f7f7f", "input cloud: {n} points", True),
+                visible=(2, "#1f77b4", f"visible: {Gv} tokens × {k} = {{n}} points", True),
+                reconstruction=(3, "#d62728", f"reconstruction: {Gm} masked tokens × {k} = {{n}} points", True),
+                masked=(3, "#2ca02c", f"true masked points: {{n}}", "legendonly"))
+    fig = make_subplots(rows=1, cols=3, specs=[[{"type": "scene"}] * 3], horizontal_spacing=0.01,
+                        subplot_titles=["input cloud", "visible tokens (the encoder's input)", "reconstructed masked tokens"])
+    for name, (col, colour, label, shown) in spec.items():
+        xyz, tok = clouds[name]
+        keep = _subsample(len(xyz), max_points, seed)
+        shown_n = f" (showing {len(keep)})" if len(keep) < len(xyz) else ""
+        fig.add_trace(go.Scatter3d(x=xyz[keep, 0], y=xyz[keep, 1], z=xyz[keep, 2], mode="markers", name=label.format(n=len(xyz)) + shown_n,
+                                   marker=dict(size=point_size, color=colour), visible=shown,
+                                   text=None if tok is None else [f"token {t}" for t in tok[keep]],
+                                   hoverinfo="x+y+z" if tok is None else "text"), row=1, col=col)
+    allp = np.concatenate([xyz for xyz, _ in clouds.values()])
+    mid, half = (allp.max(0) + allp.min(0)) / 2, float((allp.max(0) - allp.min(0)).max() / 2) * 1.05
+    axis = lambda i: dict(range=[float(mid[i] - half), float(mid[i] + half)], title="xyz"[i])
+    fig.update_scenes(aspectmode="cube", xaxis=axis(0), yaxis=axis(1), zaxis=axis(2))   # one cube for all three scenes
+    fig.update_layout(height=480, title=dict(text=title, x=0.5), margin=dict(l=0, r=0, t=80 if title else 30, b=0),
+                      legend=dict(orientation="h", itemsizing="constant", y=-0.02))
     return fig

@@ -13,7 +13,7 @@ from .core import check_tensor
 
 # %% auto #0
 __all__ = ['check_aabb', 'ray_aabb', 'stratified_samples', 'check_grid', 'sample_grid_reference', 'sample_grid', 'volume_render',
-           'fuse_occupancy', 'importance_samples', 'render_rays']
+           'fuse_occupancy', 'importance_samples', 'render_rays', 'ray_profile']
 
 # %% ../nbs/40_raymarch.ipynb #1cbc3cc5
 def check_aabb(aabb) -> Tensor:  # aabb [2, 3]
@@ -168,3 +168,18 @@ def render_rays(feature_grid: Tensor, density_grid: Tensor, aabb: Tensor, origin
     out = volume_render(sigmas, values, ts, te)
     out["n_evaluated"] = int(keep.sum())
     return out
+
+# %% ../nbs/40_raymarch.ipynb #0822d6d7
+def ray_profile(density_grid: Tensor, aabb: Tensor, origin: Tensor, direction: Tensor, n_samples: int = 64, perturb: bool = False,
+                generator: torch.Generator | None = None) -> dict:  # [1, D, H, W], [2, 3], [3], [3] (unit)
+    "One ray's intervals as `render_rays` samples them: t_starts, t_ends, sigmas, weights [S]; opacity, depth (floats)."
+    density_grid = check_grid(density_grid)
+    if density_grid.shape[0] != 1: raise ValueError(f"density_grid: expected 1 channel, got {density_grid.shape[0]}")
+    origins, dirs = check_tensor(origin, "origin", (3,)).to(density_grid)[None], check_tensor(direction, "direction", (3,)).to(density_grid)[None]
+    aabb = check_aabb(aabb).to(density_grid)
+    t_near, t_far, hit = ray_aabb(origins, dirs, aabb)
+    ts, te = stratified_samples(t_near, torch.where(hit, t_far, t_near), n_samples, perturb, generator)
+    mids = origins[:, None] + dirs[:, None] * ((ts + te) / 2)[..., None]                    # [1, S, 3]
+    sig = sample_grid(density_grid, aabb, mids[0])[:, 0].clamp_min(0) * hit                  # [S]
+    r = volume_render(sig[None], torch.zeros(1, len(sig), 1, dtype=sig.dtype), ts, te)
+    return dict(t_starts=ts[0], t_ends=te[0], sigmas=sig, weights=r["weights"][0], opacity=float(r["opacity"][0]), depth=float(r["depth"][0]))

@@ -16,7 +16,7 @@ from .scenes import CLASSES
 
 # %% auto #0
 __all__ = ['label_palette', 'colorize_labels', 'class_legend', 'colorize_depth', 'view_grid', 'frustum_lines', 'plot_scene_3d',
-           'view_slider', 'save_figure']
+           'view_slider', 'knobs', 'save_figure']
 
 # %% ../nbs/07_viz.ipynb #8d6de18d
 _TAB20 = ("#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #7f7f7f #bcbd22 #17becf "
@@ -285,6 +285,46 @@ def view_slider(views, class_names=CLASSES, depth_range=None, cell_size: float =
     box = widgets.VBox([slider, out])
     box.show, box.slider, box.output = show, slider, out
     show(0)
+    return box
+
+# %% ../nbs/07_viz.ipynb #e7b949dc
+def _knob(name: str, spec):
+    "One control: an ipywidgets value widget as given, or `(low, high, step, value)` → IntSlider / FloatSlider."
+    import ipywidgets as widgets
+    if isinstance(spec, widgets.ValueWidget):
+        if not spec.description: spec.description = name
+        return spec
+    if not (isinstance(spec, tuple) and len(spec) == 4 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in spec)):
+        raise ValueError(f"{name}: expected (low, high, step, value) or an ipywidgets value widget, got {spec!r}")
+    lo, hi, step, value = spec
+    if not (lo < hi and step > 0 and lo <= value <= hi):
+        raise ValueError(f"{name}: expected low < high, step > 0 and low <= value <= high, got {spec!r}")
+    kind = widgets.IntSlider if all(isinstance(x, int) for x in spec) else widgets.FloatSlider
+    return kind(value=value, min=lo, max=hi, step=step, description=name, continuous_update=False,
+                style={"description_width": "initial"})
+
+def knobs(draw, **controls):
+    "Sliders bound to `draw(**values)` (a matplotlib or plotly figure) drawn below them; `.show(**values)` draws and returns it."
+    import ipywidgets as widgets
+    from IPython.display import display
+    if not callable(draw): raise TypeError(f"draw: expected a function of the knobs, got {type(draw).__name__}")
+    if not controls: raise ValueError("knobs: give at least one control, e.g. knobs(draw, sigma=(0.5, 20.0, 0.5, 5.0))")
+    ws = {k: _knob(k, v) for k, v in controls.items()}
+    out = widgets.Output()
+    def show(**values):
+        unknown = sorted(set(values) - set(ws))
+        if unknown: raise ValueError(f"show: unknown knobs {unknown}; the knobs are {list(ws)}")
+        fig = draw(**({k: w.value for k, w in ws.items()} | values))
+        out.clear_output(wait=True)
+        with out: display(fig)
+        if isinstance(fig, Figure):                                     # a pyplot figure would show a second time below
+            import matplotlib.pyplot as plt
+            plt.close(fig)
+        return fig
+    for w in ws.values(): w.observe(lambda change: show(), names="value")
+    box = widgets.VBox([*ws.values(), out])
+    box.show, box.controls, box.output = show, ws, out
+    show()
     return box
 
 # %% ../nbs/07_viz.ipynb #edeef6f0

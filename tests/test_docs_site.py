@@ -90,6 +90,7 @@ def test_pages_render_in_a_real_browser(served, tmp_path):
     shots = Path(os.environ.get("CONDENSE_NB_SCREENSHOTS") or tmp_path); shots.mkdir(parents=True, exist_ok=True)
     checks = {"index": dict(maths=False, plotly=False), "20_gaussians": dict(maths=True, plotly=False),
               "40_raymarch": dict(maths=True, plotly=False), "07_viz": dict(maths=False, plotly=True),
+              "21_lifting": dict(maths=True, plotly=True), "43_keypoints": dict(maths=False, plotly=True),
               "32_guidance": dict(maths=True, plotly=True)}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=_chromium(),
@@ -124,3 +125,13 @@ def test_pages_render_in_a_real_browser(served, tmp_path):
             page.close()
         browser.close()
     assert not remote, f"the site asked the network for {sorted(set(remote))[:5]}"
+
+
+def test_home_page_reading_order_matches_readme():
+    "The docs home page (nbs/index.ipynb) and README list the same notebooks with the same descriptions and CPU times."
+    row = r"^\| {0} \| (.*) \| (\d+ s) \|$"
+    readme = {m[0]: m[1:] for m in re.findall(row.format(r"`(\d\d_\w+)`"), (ROOT/"README.md").read_text(), re.M)}
+    index = json.loads((ROOT/"nbs"/"index.ipynb").read_text())
+    home = {m[0]: m[2:] for m in re.findall(row.format(r"\[(\d\d_\w+)\]\((\1)\.ipynb\)"),
+                                            "\n".join("".join(c["source"]) for c in index["cells"]), re.M)}
+    assert len(readme) >= 20 and home == readme, sorted(set(home.items()) ^ set(readme.items()))[:4]
