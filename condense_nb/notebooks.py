@@ -101,6 +101,17 @@ def _static_widgets(nb: dict) -> None:
             outs += shown if shown else [o]
         c["outputs"] = outs
 
+def _merge_streams(nb: dict) -> None:
+    "Adjacent stream outputs of one name become one: how the kernel chunked a cell's prints varies from run to run."
+    for c in nb["cells"]:
+        outs = []
+        for o in c.get("outputs", []):
+            if o.get("output_type") == "stream" and outs and outs[-1].get("output_type") == "stream" and outs[-1]["name"] == o["name"]:
+                text = "".join(outs[-1]["text"]) + "".join(o["text"])
+                outs[-1] = dict(outs[-1], text=text.splitlines(keepends=True))
+            else: outs.append(o)
+        if "outputs" in c: c["outputs"] = outs
+
 def _plotly_html(nb: dict, stem: str) -> None:
     "Give each plotly figure an HTML form too (a div and a `Plotly.newPlot` call, no plotly.js), for HTML renderers such as the docs site."
     import plotly.io as pio
@@ -119,7 +130,7 @@ def _clean(nb: dict) -> dict:
     from nbdev.config import get_config
     cfg = get_config()
     keys = lambda k: set(cfg.get(k, []) if isinstance(cfg.get(k, []), list) else str(cfg.get(k, "")).split())
-    _static_widgets(nb)
+    _static_widgets(nb); _merge_streams(nb)
     clean_nb(nb, allowed_metadata_keys=keys("allowed_metadata_keys") | {META_KEY},
              allowed_cell_metadata_keys=keys("allowed_cell_metadata_keys"), clean_ids=True)
     return nb
