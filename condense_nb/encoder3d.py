@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .core import check_tensor, check_choice, check_int
 from .cameras import unproject, camera_center
 from .raymarch import check_aabb, check_grid
-from .metrics import pca_rgb
+from .metrics import feature_pca_colors
 
 # %% auto #0
 __all__ = ['DEFAULT_IN_CHANNELS', 'check_resolution', 'voxel_index', 'voxel_centers', 'voxelize_points', 'scene_aabb',
@@ -281,7 +281,7 @@ def plot_feature_grid_3d(grid: Tensor, aabb: Tensor, occupancy: Tensor | None = 
                          title: str | None = None):  # grid [C, D, H, W], aabb [2, 3], occupancy [D, H, W]
     "Plotly 3D scatter of a feature grid's occupied voxel centres, coloured by a 3-component PCA of their features."
     import plotly.graph_objects as go
-    from condense_nb.viz import _hex_colors
+    from condense_nb.viz import hex_colors, none_gaps, subsample_indices
     grid = check_tensor(check_grid(grid), "grid").detach().cpu()
     aabb = check_aabb(aabb).detach().cpu().to(grid.dtype if grid.is_floating_point() else torch.float32)
     max_points, threshold = check_int(max_points, "max_points"), float(threshold)
@@ -293,17 +293,16 @@ def plot_feature_grid_3d(grid: Tensor, aabb: Tensor, occupancy: Tensor | None = 
     if not occ.any(): raise ValueError(f"occupancy: no voxel is occupied (threshold {threshold}); nothing to draw")
     kji = occ.nonzero()                                                                  # [N, 3] (k, j, i), row-major
     pos = voxel_centers(aabb, res)[occ].double().numpy()                                 # [N, 3] same order
-    rgb = pca_rgb(grid[:, occ][:, :, None].float())[0, :, 0].numpy()                     # [N, 3]: PCA over all occupied voxels
-    if len(pos) > max_points:                                                            # seeded uniform subset
-        keep = torch.randperm(len(pos), generator=torch.Generator().manual_seed(seed))[:max_points].sort().values
-        kji, pos, rgb = kji[keep], pos[keep], rgb[keep.numpy()]
+    rgb = feature_pca_colors(grid[:, occ].T.float()).numpy()                             # [N, 3]: PCA over all occupied voxels
+    keep = subsample_indices(len(pos), max_points, seed)                                 # seeded uniform subset
+    kji, pos, rgb = kji[torch.from_numpy(keep)], pos[keep], rgb[keep]
     text = [f"voxel (k, j, i) = ({k}, {j}, {i})" for k, j, i in kji.tolist()]
     traces = [go.Scatter3d(x=pos[:, 0], y=pos[:, 1], z=pos[:, 2], mode="markers", name=f"{len(pos)} voxels",
-                           marker=dict(size=point_size, symbol="square", color=_hex_colors(rgb)), text=text, hoverinfo="text")]
+                           marker=dict(size=point_size, symbol="square", color=hex_colors(rgb)), text=text, hoverinfo="text")]
     if show_box:
         e = aabb_edges(aabb).double()
         seg = torch.cat([e, torch.full((12, 1, 3), math.nan, dtype=e.dtype)], 1).reshape(-1, 3).numpy()   # NaN between edges
-        xyz = [[None if math.isnan(v) else float(v) for v in seg[:, a]] for a in range(3)]
+        xyz = [none_gaps(seg[:, a]) for a in range(3)]
         traces.append(go.Scatter3d(x=xyz[0], y=xyz[1], z=xyz[2], mode="lines", name="AABB", line=dict(color="black", width=2), hoverinfo="skip"))
     fig = go.Figure(traces)
     fig.update_layout(scene=dict(aspectmode="data", xaxis_title="x", yaxis_title="y", zaxis_title="z"),

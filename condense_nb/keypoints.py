@@ -13,8 +13,8 @@ from .core import check_tensor, check_choice, check_int
 from .raymarch import check_aabb
 from .encoder3d import voxel_centers
 from .consensus import render_features
-from .metrics import sample_features, pca_rgb
-from .viz import _hex_colors
+from .metrics import sample_features, feature_pca_colors
+from .viz import hex_colors, subsample_indices, marker_sizes
 
 # %% auto #0
 __all__ = ['Detector2D', 'Detector3D', 'render_scores', 'keypoint_consensus_loss', 'peakiness_loss', 'repeatability_loss',
@@ -217,26 +217,21 @@ def plot_keypoints_3d(points, scores, descriptors, context_points=None, context_
     if K == 0: raise ValueError("points: expected at least one key point, got none")
     sc = check_tensor(scores, "scores", (K,)).detach().cpu().float()
     desc = check_tensor(descriptors, "descriptors", (K, None)).detach().cpu().float()
-    if not (len(size_range) == 2 and 0 < size_range[0] <= size_range[1]):
-        raise ValueError(f"size_range: expected (smallest, largest) marker sizes with 0 < smallest <= largest, got {size_range!r}")
-    lo, hi = size_range
-    span = float(sc.max() - sc.min())
-    sizes = (lo + (hi - lo) * (sc - sc.min()) / span) if span > 0 else torch.full((K,), (lo + hi) / 2)   # linear in score: monotone
-    rgb = pca_rgb(desc.T[:, :, None], q=0.0)[0, :, 0]                                     # [K, 3]: min-max over the key points
+    sizes = marker_sizes(sc, size_range)                                                   # linear in score: monotone
+    rgb = feature_pca_colors(desc, q=0.0)                                                  # [K, 3]: min-max over the key points
     traces = []
     if context_points is not None:
         ctx = check_tensor(context_points, "context_points", (None, 3)).detach().cpu().float()
         col = None if context_colors is None else check_tensor(context_colors, "context_colors", (len(ctx), 3)).detach().cpu().float()
         if col is not None and (col.min() < 0 or col.max() > 1): raise ValueError("context_colors: expected RGB values in [0, 1]")
-        if len(ctx) > max_context:                                                         # seeded uniform subsample
-            keep = torch.randperm(len(ctx), generator=torch.Generator().manual_seed(seed))[:max_context].sort().values
-            ctx, col = ctx[keep], None if col is None else col[keep]
+        keep = torch.from_numpy(subsample_indices(len(ctx), max_context, seed))           # seeded uniform subsample
+        ctx, col = ctx[keep], None if col is None else col[keep]
         traces.append(go.Scatter3d(x=ctx[:, 0].tolist(), y=ctx[:, 1].tolist(), z=ctx[:, 2].tolist(), mode="markers", name="scene",
-                                   marker=dict(size=1.5, opacity=0.25, color="#999999" if col is None else _hex_colors(col.numpy())),
+                                   marker=dict(size=1.5, opacity=0.25, color="#999999" if col is None else hex_colors(col.numpy())),
                                    hoverinfo="skip"))
     text = [f"key point {i}<br>score {s:.3f}" for i, s in enumerate(sc.tolist())]
     traces.append(go.Scatter3d(x=pts[:, 0].tolist(), y=pts[:, 1].tolist(), z=pts[:, 2].tolist(), mode="markers", name="key points",
-                               marker=dict(size=sizes.tolist(), color=_hex_colors(rgb.numpy()), line=dict(color="black", width=1), opacity=1.0),
+                               marker=dict(size=sizes.tolist(), color=hex_colors(rgb.numpy()), line=dict(color="black", width=1), opacity=1.0),
                                text=text, hoverinfo="text"))
     fig = go.Figure(traces)
     fig.update_layout(scene=dict(aspectmode="data", xaxis_title="x", yaxis_title="y", zaxis_title="z"),

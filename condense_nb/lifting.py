@@ -16,16 +16,15 @@ from .core import check_tensor, check_choice, check_int, check_number, atomic_wr
 from .cameras import unproject, camera_center, intrinsics, inroom_path
 from .gaussians import rasterize, quat_to_rotmat
 from .pointops import knn
-from .metrics import pca_rgb
+from .metrics import feature_pca_colors
 from . import scenes
 
 # %% auto #0
 __all__ = ['SH_C0', 'GAUSSIAN_PARAMS', 'SSIM_C1', 'SSIM_C2', 'LIFT_PRESETS', 'GAUSSIANS_FORMAT', 'check_views', 'scene_views',
            'FeatureGaussians', 'init_from_depth', 'gaussian_window', 'ssim', 'rgb_loss', 'psnr', 'upsample_features',
            'lift_losses', 'LiftConfig', 'scene_extent', 'make_optimizer', 'means_lr', 'prune_gaussians',
-           'view_space_grad', 'densify_gaussians', 'teacher_features', 'lift_scene', 'feature_pca_colors',
-           'plot_gaussians_3d', 'densify_prune_fates', 'save_gaussians', 'load_gaussians', 'dist_rank_world',
-           'shard_scenes', 'lift_scenes']
+           'view_space_grad', 'densify_gaussians', 'teacher_features', 'lift_scene', 'plot_gaussians_3d',
+           'densify_prune_fates', 'save_gaussians', 'load_gaussians', 'dist_rank_world', 'shard_scenes', 'lift_scenes']
 
 # %% ../nbs/21_lifting.ipynb #f9ec520c
 def check_views(views: dict, name: str = "views") -> dict:
@@ -396,12 +395,6 @@ def lift_scene(views: dict, feature_fn: Callable, cfg: LiftConfig, progress: boo
     return gs, hist
 
 # %% ../nbs/21_lifting.ipynb #314b6e84
-def feature_pca_colors(features, q: float = 0.01) -> Tensor:  # features [N, d] -> [N, 3] in [0, 1]
-    "RGB of per-Gaussian features: their first three principal components, each stretched between its q and 1-q quantiles."
-    f = check_tensor(features, "features", (None, None)).detach()
-    if len(f) < 2: raise ValueError(f"features: need at least 2 rows for a PCA, got {len(f)}")
-    return pca_rgb(f.T[:, :, None], q)[0, :, 0]                       # the N Gaussians as an N×1 map of d channels
-
 def _gaussian_arrays(gaussians) -> tuple:
     "(means [N,3], scales [N,3], opacities [N], features [N,d]), detached, of a FeatureGaussians or a dict with those keys."
     if isinstance(gaussians, FeatureGaussians):
@@ -421,21 +414,17 @@ def _gaussian_arrays(gaussians) -> tuple:
 def plot_gaussians_3d(gaussians, max_points: int = 3000, size_range=(1.5, 8.0), seed: int = 0, title: str | None = None):
     "Plotly 3D view of feature Gaussians: centres coloured by the PCA of their features, sized by their largest scale, opacity on hover."
     import plotly.graph_objects as go
-    from condense_nb.viz import _hex_colors
+    from condense_nb.viz import hex_colors, subsample_indices, marker_sizes
     means, scales, opac, feats = _gaussian_arrays(gaussians)
     N, max_points = len(means), check_int(max_points, "max_points", 1)
-    if not (isinstance(size_range, (tuple, list)) and len(size_range) == 2 and 0 < size_range[0] <= size_range[1]):
-        raise ValueError(f"size_range: expected (smallest, largest) marker sizes with 0 < smallest <= largest, got {size_range!r}")
     rgb = feature_pca_colors(feats)                                    # fitted on all N, then subsampled
-    keep = torch.arange(N) if N <= max_points else torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:max_points].sort().values
+    keep = torch.from_numpy(subsample_indices(N, max_points, seed))
     s = scales[keep].max(-1).values                                    # the longest axis' standard deviation
-    ls = s.log()
-    span = float(ls.max() - ls.min())
-    size = size_range[0] + (size_range[1] - size_range[0]) * ((ls - ls.min()) / span if span > 0 else torch.full_like(ls, 0.5))
+    size = marker_sizes(s.log(), size_range)                           # linear in log scale
     m = means[keep].numpy()
     text = [f"opacity {o:.3f}<br>scale {v:.4f}" for o, v in zip(opac[keep].tolist(), s.tolist())]
     fig = go.Figure(go.Scatter3d(x=m[:, 0], y=m[:, 1], z=m[:, 2], mode="markers", name="Gaussians", text=text, hoverinfo="text",
-                                 marker=dict(size=size.tolist(), color=_hex_colors(rgb[keep].numpy()), line=dict(width=0))))
+                                 marker=dict(size=size.tolist(), color=hex_colors(rgb[keep].numpy()), line=dict(width=0))))
     fig.update_layout(scene=dict(aspectmode="data", xaxis_title="x", yaxis_title="y", zaxis_title="z"), height=520,
                       margin=dict(l=0, r=0, t=30, b=0),
                       title=title or f"{len(keep)} of {N} Gaussians: colour = PCA of features, size = scale")

@@ -557,16 +557,12 @@ def reconstruction_clouds(out: dict, b: int = 0, points: Tensor | None = None) -
                 reconstruction=(np_(out["pred_points"][b] + c[msk][:, None]), ids(msk)),          # [Gm*k, 3]
                 masked=(np_(out["target_points"][b] + c[msk][:, None]), ids(msk)))
 
-def _subsample(n: int, max_points: int, seed: int) -> np.ndarray:  # -> sorted indices [min(n, max_points)]
-    "All of range(n), or a seeded uniform subset of `max_points` of them (sorted: a trace keeps its order)."
-    if n <= max_points: return np.arange(n)
-    return np.sort(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_points].numpy())
-
 def plot_reconstruction_3d(out: dict, b: int = 0, points: Tensor | None = None, max_points: int = 4000, seed: int = 0,
                            point_size: float = 2.0, title: str | None = None):  # out: PointMAE.forward's dict, points [B, N, 3] or [N, 3]
     "Plotly scenes of cloud `b`: input | visible tokens | reconstructed masked tokens (+ the truth, hidden until clicked)."
     from plotly.subplots import make_subplots
     import plotly.graph_objects as go
+    from condense_nb.viz import subsample_indices
     clouds = reconstruction_clouds(out, b, points)
     max_points = check_int(max_points, "max_points")
     k, Gv, Gm = out["tokens"].idx.shape[2], out["visible_idx"].shape[1], out["masked_idx"].shape[1]
@@ -578,7 +574,7 @@ def plot_reconstruction_3d(out: dict, b: int = 0, points: Tensor | None = None, 
                         subplot_titles=["input cloud", "visible tokens (the encoder's input)", "reconstructed masked tokens"])
     for name, (col, colour, label, shown) in spec.items():
         xyz, tok = clouds[name]
-        keep = _subsample(len(xyz), max_points, seed)
+        keep = subsample_indices(len(xyz), max_points, seed)
         shown_n = f" (showing {len(keep)})" if len(keep) < len(xyz) else ""
         fig.add_trace(go.Scatter3d(x=xyz[keep, 0], y=xyz[keep, 1], z=xyz[keep, 2], mode="markers", name=label.format(n=len(xyz)) + shown_n,
                                    marker=dict(size=point_size, color=colour), visible=shown,

@@ -14,7 +14,8 @@ from .cameras import unproject, project, check_K
 
 # %% auto #0
 __all__ = ['confusion_matrix', 'SegMetric', 'segmentation_metrics', 'DepthMetric', 'depth_metrics', 'correspondences',
-           'plot_correspondences', 'sample_features', 'multiview_consistency', 'pca_rgb', 'plot_pca_views']
+           'plot_correspondences', 'sample_features', 'multiview_consistency', 'pca_rgb', 'feature_pca_colors',
+           'plot_pca_views']
 
 # %% ../nbs/10_metrics.ipynb #e725c1ff
 def _check_labels(x, name: str) -> Tensor:
@@ -285,6 +286,13 @@ def pca_rgb(feats, q: float = 0.01):  # feats [N, C, h, w] | [C, h, w] | list of
     for m in maps:
         h, w = m.shape[1:]; out.append(rgb[i:i + h * w].reshape(h, w, 3)); i += h * w
     return torch.stack(out) if all(o.shape == out[0].shape for o in out) else out
+
+# %% ../nbs/10_metrics.ipynb #e5006f58
+def feature_pca_colors(features, q: float = 0.01) -> Tensor:  # features [N, d] -> [N, 3] in [0, 1]
+    "RGB of per-row features: their first three principal components, each stretched between its q and 1-q quantiles."
+    f = check_tensor(features, "features", (None, None)).detach()
+    if len(f) == 0: raise ValueError("features: expected at least one row, got none")
+    return pca_rgb(f.T[:, :, None], q)[0, :, 0]                       # the N rows as an N×1 map of d channels
 
 # %% ../nbs/10_metrics.ipynb #a537913e
 def plot_pca_views(feats_list, images=None, titles=None, size: float = 2.6):  # feats_list: list of [C, h, w] | [N, C, h, w]; images: N × [H, W, 3]

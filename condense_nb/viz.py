@@ -15,8 +15,8 @@ from .cameras import get_rays, camera_center
 from .scenes import CLASSES
 
 # %% auto #0
-__all__ = ['label_palette', 'colorize_labels', 'class_legend', 'colorize_depth', 'view_grid', 'frustum_lines', 'plot_scene_3d',
-           'view_slider', 'knobs', 'save_figure']
+__all__ = ['label_palette', 'colorize_labels', 'class_legend', 'colorize_depth', 'view_grid', 'frustum_lines', 'hex_colors',
+           'none_gaps', 'subsample_indices', 'marker_sizes', 'plot_scene_3d', 'knobs', 'view_slider', 'save_figure']
 
 # %% ../nbs/07_viz.ipynb #8d6de18d
 _TAB20 = ("#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #7f7f7f #bcbd22 #17becf "
@@ -179,11 +179,32 @@ def frustum_lines(K, viewmat, width: int, height: int, depth: float = 0.3) -> Te
     rect = torch.stack([corners, corners.roll(-1, 0)], 1)             # [4, 2, 3]  TL-TR (top), TR-BR, BR-BL, BL-TL
     return torch.cat([spokes, rect]).reshape(16, 3)
 
-# %% ../nbs/07_viz.ipynb #d431c3cc
-def _hex_colors(c: np.ndarray) -> list:  # c [N, 3] in [0, 1] -> N strings '#rrggbb'
-    c = np.round(np.clip(c, 0, 1) * 255).astype(int)
+# %% ../nbs/07_viz.ipynb #58459b02
+def hex_colors(c: np.ndarray) -> list:  # c [N, 3] in [0, 1] -> N strings '#rrggbb'
+    "RGB in [0, 1] (clipped) as plotly colour strings."
+    c = np.round(np.clip(np.asarray(c, dtype=np.float64), 0, 1) * 255).astype(int)
     return [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in c]
 
+def none_gaps(a: np.ndarray) -> list:  # a [M] with NaN between segments -> M floats or None
+    "A coordinate column for plotly lines: NaN (a break between segments) becomes None."
+    return [None if not np.isfinite(x) else float(x) for x in np.asarray(a, dtype=np.float64)]
+
+def subsample_indices(n: int, max_points: int, seed: int = 0) -> np.ndarray:  # -> sorted indices [min(n, max_points)]
+    "All of range(n), or a seeded uniform subset of `max_points` of them (sorted: a trace keeps its order)."
+    n, max_points = check_int(n, "n", 0), check_int(max_points, "max_points")
+    if n <= max_points: return np.arange(n)
+    return np.sort(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_points].numpy())
+
+def marker_sizes(values, size_range=(1.5, 8.0)) -> np.ndarray:  # values [N] -> sizes [N]
+    "Marker sizes linear in `values`, from `size_range[0]` (smallest value) to `size_range[1]` (largest)."
+    if not (isinstance(size_range, (tuple, list)) and len(size_range) == 2
+            and all(isinstance(x, (int, float)) for x in size_range) and 0 < size_range[0] <= size_range[1]):
+        raise ValueError(f"size_range: expected (smallest, largest) marker sizes with 0 < smallest <= largest, got {size_range!r}")
+    v, (lo, hi) = np.asarray(_to_numpy(values), dtype=np.float64).reshape(-1), size_range
+    span = float(v.max() - v.min()) if v.size else 0.0
+    return lo + (hi - lo) * (v - v.min()) / span if span > 0 else np.full(v.shape, (lo + hi) / 2)
+
+# %% ../nbs/07_viz.ipynb #d431c3cc
 def _frusta_vertices(viewmats, K, width, height, depth):  # -> xyz [M, 3] with NaN gaps, camera index [M], top edges [M', 3]
     vm = check_tensor(viewmats, "viewmats")
     if vm.shape == (4, 4): vm = vm[None]
@@ -201,9 +222,6 @@ def _frusta_vertices(viewmats, K, width, height, depth):  # -> xyz [M, 3] with N
         for s in seg: lines += [s, gap]; idx += [i] * 3
         tops += [seg[4], gap]
     return torch.cat(lines).numpy(), np.asarray(idx), torch.cat(tops).numpy()
-
-def _none_gaps(a: np.ndarray) -> list:  # plotly wants None (not NaN) between line segments
-    return [None if not np.isfinite(x) else float(x) for x in a]
 
 def plot_scene_3d(points, colors=None, viewmats=None, K=None, width: int | None = None, height: int | None = None,
                   frustum_depth: float = 0.3, max_points: int = 20000, class_names=None, labels=None,
@@ -225,7 +243,7 @@ def plot_scene_3d(points, colors=None, viewmats=None, K=None, width: int | None 
         lab = _check_labels(labels, "labels")
         if lab.shape != (N,): raise ValueError(f"labels: expected shape [{N}], got {list(lab.shape)}")
     if N > max_points:                                                  # seeded uniform subsample
-        keep = np.sort(torch.randperm(N, generator=torch.Generator().manual_seed(seed))[:max_points].numpy())
+        keep = subsample_indices(N, max_points, seed)
         pts, lab = pts[keep], None if lab is None else lab[keep]
         rgb = None if rgb is None else rgb[keep]
     name_of = (lambda c: "no label" if c < 0 else class_names[c] if class_names is not None and c < len(class_names) else f"class {c}")
@@ -236,21 +254,21 @@ def plot_scene_3d(points, colors=None, viewmats=None, K=None, width: int | None 
         pal = label_palette(n_cls)
         for c in np.unique(lab):
             m = lab == c
-            col = "#000000" if c < 0 else _hex_colors(pal[c][None])[0]
+            col = "#000000" if c < 0 else hex_colors(pal[c][None])[0]
             traces.append(go.Scatter3d(x=pts[m, 0], y=pts[m, 1], z=pts[m, 2], mode="markers", name=name_of(int(c)),
                                        marker=dict(marker, color=col), hovertemplate=f"{name_of(int(c))}<extra></extra>"))
     else:
         text = None if lab is None else [name_of(int(c)) for c in lab]
         traces.append(go.Scatter3d(x=pts[:, 0], y=pts[:, 1], z=pts[:, 2], mode="markers", name="points",
-                                   marker=dict(marker, color=_hex_colors(rgb)), text=text,
+                                   marker=dict(marker, color=hex_colors(rgb)), text=text,
                                    hoverinfo="text" if text is not None else "x+y+z"))
     if viewmats is not None:
         xyz, idx, tops = _frusta_vertices(viewmats, K, width, height, frustum_depth)
         V = int(idx.max()) + 1
-        traces.append(go.Scatter3d(x=_none_gaps(xyz[:, 0]), y=_none_gaps(xyz[:, 1]), z=_none_gaps(xyz[:, 2]), mode="lines",
+        traces.append(go.Scatter3d(x=none_gaps(xyz[:, 0]), y=none_gaps(xyz[:, 1]), z=none_gaps(xyz[:, 2]), mode="lines",
                                    name="cameras", line=dict(color=idx.tolist(), colorscale="Plasma", cmin=0, cmax=max(V - 1, 1), width=3),
                                    hoverinfo="skip", legendgroup="cameras", showlegend=False))   # plotly.js cannot draw a colour-array line in the legend
-        traces.append(go.Scatter3d(x=_none_gaps(tops[:, 0]), y=_none_gaps(tops[:, 1]), z=_none_gaps(tops[:, 2]), mode="lines",
+        traces.append(go.Scatter3d(x=none_gaps(tops[:, 0]), y=none_gaps(tops[:, 1]), z=none_gaps(tops[:, 2]), mode="lines",
                                    name="image top", line=dict(color="black", width=7), hoverinfo="skip"))
         cen = xyz[0::24]                                                # every camera's first spoke starts at its centre
         traces.append(go.Scatter3d(x=cen[:, 0], y=cen[:, 1], z=cen[:, 2], mode="markers", name="camera centres", legendgroup="cameras",
@@ -261,31 +279,6 @@ def plot_scene_3d(points, colors=None, viewmats=None, K=None, width: int | None 
                       margin=dict(l=0, r=0, t=30 if title else 0, b=0), legend=dict(itemsizing="constant"),
                       title=title, height=520)
     return fig
-
-# %% ../nbs/07_viz.ipynb #11099122
-def view_slider(views, class_names=CLASSES, depth_range=None, cell_size: float = 2.6):
-    "An ipywidgets slider over `views` showing the selected view's `view_grid` row; `.show(i)` draws view `i`."
-    import ipywidgets as widgets
-    from IPython.display import display
-    vs = _as_views(views)
-    if depth_range is None:                                             # one depth scale for every view
-        fin = np.concatenate([_to_numpy(v["depth"]).ravel() for v in vs]).astype(np.float64)
-        fin = fin[np.isfinite(fin)]
-        depth_range = (float(fin.min()), float(fin.max())) if fin.size else (0.0, 1.0)
-    slider = widgets.IntSlider(value=0, min=0, max=len(vs) - 1, step=1, description="view", continuous_update=False)
-    out = widgets.Output()
-    def show(index: int) -> Figure:
-        if not (isinstance(index, (int, np.integer)) and 0 <= index < len(vs)):
-            raise ValueError(f"index: expected an int in [0, {len(vs)}), got {index!r}")
-        fig = view_grid([vs[index]], class_names, depth_range=depth_range, row_titles=[f"view {index}"], cell_size=cell_size)
-        out.clear_output(wait=True)
-        with out: display(fig)
-        return fig
-    slider.observe(lambda change: show(change["new"]), names="value")
-    box = widgets.VBox([slider, out])
-    box.show, box.slider, box.output = show, slider, out
-    show(0)
-    return box
 
 # %% ../nbs/07_viz.ipynb #e7b949dc
 def _knob(name: str, spec):
@@ -325,6 +318,28 @@ def knobs(draw, **controls):
     box = widgets.VBox([*ws.values(), out])
     box.show, box.controls, box.output = show, ws, out
     show()
+    return box
+
+# %% ../nbs/07_viz.ipynb #11099122
+def view_slider(views, class_names=CLASSES, depth_range=None, cell_size: float = 2.6):
+    "An ipywidgets slider over `views` showing the selected view's `view_grid` row; `.show(i)` draws view `i`."
+    import ipywidgets as widgets
+    vs = _as_views(views)
+    if depth_range is None:                                             # one depth scale for every view
+        fin = np.concatenate([_to_numpy(v["depth"]).ravel() for v in vs]).astype(np.float64)
+        fin = fin[np.isfinite(fin)]
+        depth_range = (float(fin.min()), float(fin.max())) if fin.size else (0.0, 1.0)
+    def draw(view: int) -> Figure:
+        return view_grid([vs[view]], class_names, depth_range=depth_range, row_titles=[f"view {view}"], cell_size=cell_size)
+    # a widget rather than (low, high, step, value): one view gives a slider with low == high
+    slider = widgets.IntSlider(value=0, min=0, max=len(vs) - 1, step=1, description="view", continuous_update=False)
+    box = knobs(draw, view=slider)
+    draw_view = box.show
+    def show(index: int) -> Figure:
+        if not (isinstance(index, (int, np.integer)) and 0 <= index < len(vs)):
+            raise ValueError(f"index: expected an int in [0, {len(vs)}), got {index!r}")
+        return draw_view(view=int(index))
+    box.show, box.slider = show, slider
     return box
 
 # %% ../nbs/07_viz.ipynb #edeef6f0
