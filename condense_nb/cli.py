@@ -364,6 +364,14 @@ def write_report(run_dir, preset: str, records: list[dict], data_root=None) -> P
         nb = f"{r['stage']}/{r['notebook']}"
         link = f"[{r['notebook']}]({nb})" if (run_dir/nb).exists() else r["notebook"]
         L.append(f"| {r['stage']} | {link} | {r['status']} | {fmt_duration(r.get('duration_s'))} |")
+    if (run_dir/"claims.json").exists():                    # the claims ledger the stages wrote, as one table
+        from condense_nb.claims import read_ledger, claims_table
+        shown = {r["stage"] for r in records if r["status"] in ("done", "cached", "stale")}
+        rows = [c for c in read_ledger(run_dir/"claims.json") if c["stage"] in shown]
+        table = claims_table(rows)
+        atomic_write_text(run_dir/"claims.md", f"# Claims ledger: preset `{preset}`\n\n{table}\n")
+        L += ["", "## Claims", "", "Each row: method − baseline paired over the same test units, a 95 % bootstrap CI over those units "
+              "(seeds averaged first) and its verdict (`condense_nb.claims`; rows in [claims.json](claims.json)).", "", table]
     for r in records:
         if r["status"] in ("done", "cached", "stale"):
             frag = run_dir/r["stage"]/"report.md"

@@ -62,7 +62,7 @@ MAX_ROOMS, MAX_DUPS = 100_000, 100
 
 PRESETS = {
     "tiny": DataConfig(),
-    "small": DataConfig(name="small", rooms_train=60, rooms_val=15, rooms_test=15, views_per_room=20, width=128, height=96,
+    "small": DataConfig(name="small", rooms_train=60, rooms_val=15, rooms_test=60, views_per_room=20, width=128, height=96,
                         points_per_room=16384, dup_rooms=10, dups_per_room=1, shapes_train=40, shapes_val=10, shapes_test=20,
                         points_per_shape=1024),
     "full": DataConfig(name="full", rooms_train=800, rooms_val=100, rooms_test=100, views_per_room=32, width=224, height=224,

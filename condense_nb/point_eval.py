@@ -83,9 +83,10 @@ def svm_eval(train_feats, train_labels, val_feats, val_labels, test_feats, test_
         val_accs[C] = float((models[C].predict(Xva) == yva).mean())
     best = max(cs, key=lambda c: (val_accs[c], -c))                      # best val accuracy, then the smallest C
     final = models[best] if refit == "train" else _fit_svm(np.concatenate([Xtr, Xva]), np.concatenate([ytr, yva]), best, standardize)
-    test_acc = float((final.predict(Xte) == yte).mean())                 # the only use of test
-    return dict(C=best, val_acc=val_accs[best], test_acc=test_acc, val_accs={repr(c): a for c, a in val_accs.items()},
-                standardize=standardize, refit=refit, n_train=len(Xtr), n_val=len(Xva), n_test=len(Xte))
+    correct = final.predict(Xte) == yte                                  # the only use of test
+    return dict(C=best, val_acc=val_accs[best], test_acc=float(correct.mean()), val_accs={repr(c): a for c, a in val_accs.items()},
+                standardize=standardize, refit=refit, n_train=len(Xtr), n_val=len(Xva), n_test=len(Xte),
+                test_correct=correct.astype(int).tolist())          # per test shape, for paired comparisons
 
 # %% ../nbs/34_evaluation.ipynb #efedaf71
 def _encoder_of(model) -> MAEEncoder:
@@ -201,19 +202,22 @@ def recalibrate_bn(model: nn.Module, points: Tensor, batch_size: int = 64) -> in
     return len(bns)
 
 # %% ../nbs/34_evaluation.ipynb #6f7f1f1c
-def evaluate(model: nn.Module, points: Tensor, labels: Tensor, batch_size: int = 64) -> tuple[float, float]:  # points [M, N, 3], labels [M]
-    "Overall accuracy and mean cross-entropy of a classifier on a split (eval mode, no grad; mode restored)."
+def evaluate(model: nn.Module, points: Tensor, labels: Tensor, batch_size: int = 64, per_sample: bool = False) -> tuple:
+    # points [M, N, 3], labels [M]
+    "Overall accuracy and mean cross-entropy of a classifier on a split (eval mode, no grad; mode restored); `per_sample`: also the 0/1 hits [M]."
     dev, was = next(model.parameters()).device, model.training
     model.eval()
-    correct, loss = 0, 0.0
+    hits, loss = [], 0.0
     try:
         with torch.no_grad():
             for i in range(0, len(points), batch_size):
                 logits = model(points[i:i + batch_size].to(dev)).float()
                 y = labels[i:i + batch_size].to(dev)
-                correct += int((logits.argmax(-1) == y).sum()); loss += float(F.cross_entropy(logits, y, reduction="sum"))
+                hits.append((logits.argmax(-1) == y).cpu()); loss += float(F.cross_entropy(logits, y, reduction="sum"))
     finally: model.train(was)
-    return correct / len(points), loss / len(points)
+    hits = torch.cat(hits)
+    acc = int(hits.sum()) / len(points)
+    return (acc, loss / len(points), hits.int().tolist()) if per_sample else (acc, loss / len(points))
 
 def _split_arg(split, name: str, min_points: int) -> tuple[Tensor, Tensor]:
     if not isinstance(split, (tuple, list)) or len(split) != 2: raise ValueError(f"{name}: expected a pair (points [M, N, 3], labels [M])")
@@ -291,7 +295,7 @@ def _finetune_one(base, arch, train, val, test, cfg, seed, n_classes, dev, progr
             if bar is not None: bar.update(1); bar.set_postfix(val_acc=f"{val_acc:.3f}")
         if bar is not None: bar.close()
         model.load_state_dict(best_state)
-        test_acc, test_loss = evaluate(model, Xte, yte, cfg.eval_batch_size)               # the only use of test
+        test_acc, test_loss, test_correct = evaluate(model, Xte, yte, cfg.eval_batch_size, per_sample=True)   # the only use of test
     return dict(seed=seed, best_epoch=best, val_acc=history[best]["val_acc"], val_loss=history[best]["val_loss"],
-                test_acc=test_acc, test_loss=test_loss, seconds=time.perf_counter() - t0,
+                test_acc=test_acc, test_loss=test_loss, test_correct=test_correct, seconds=time.perf_counter() - t0,
                 samples_per_s=float(np.mean([h["samples_per_s"] for h in history])), history=history)

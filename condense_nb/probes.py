@@ -20,7 +20,8 @@ __all__ = ['IGNORE_INDEX', 'SEG_KEYS', 'DEPTH_KEYS', 'rgb_feature_fn', 'ConcatFe
            'images_fingerprint', 'save_features', 'load_features', 'cached_features', 'seg_labels', 'valid_depth',
            'SegProbe', 'seg_loss', 'predict_seg', 'eval_seg_probe', 'fit_seg_probe', 'DepthProbe', 'depth_loss',
            'predict_depth', 'eval_depth_probe', 'fit_depth_probe', 'token_moments', 'fit_whitening', 'apply_whitening',
-           'summarize', 'run_probes', 'format_table', 'position_features', 'view_pairs', 'run_consistency']
+           'summarize', 'run_probes', 'unit_scores', 'format_table', 'position_features', 'view_pairs',
+           'run_consistency']
 
 # %% ../nbs/13_probes.ipynb #9ecd17e0
 IGNORE_INDEX = 255
@@ -453,8 +454,8 @@ def run_probes(feature_fn: Callable | None, splits: dict, num_classes: int, seed
                features: dict | None = None, seg: bool = True, depth: bool = True,
                seg_kwargs: dict | None = None, depth_kwargs: dict | None = None, ddof: int = 0,
                batch_size: int = 16, device=None, cache_dir=None, cache_key: str = "features",
-               return_probes: bool = False, progress: bool = False, whiten: float | None = 0.1) -> dict:
-    "Fit seg and depth probes on train, select on val, report test metrics per seed and as mean ± std."
+               return_probes: bool = False, progress: bool = False, whiten: float | None = 0.1, units=None) -> dict:
+    "Fit seg and depth probes on train, select on val, report test metrics per seed and as mean ± std (and per test unit)."
     if not isinstance(splits, dict): raise ValueError(f"splits: expected a dict with train, val and test, got {type(splits).__name__}")
     missing = [s for s in ("train", "val", "test") if s not in splits]
     if missing: raise ValueError(f"splits: missing the {missing[0]!r} split (expected keys train, val, test)")
@@ -493,6 +494,11 @@ def run_probes(feature_fn: Callable | None, splits: dict, num_classes: int, seed
     te_f = check_count(feats_of("test"), "test")
     if white is not None: te_f = apply_whitening(te_f, *white)
     _, te_s, te_d = splits["test"]
+    if units is not None:                                    # test unit (e.g. room) of each test image
+        u = np.asarray(units.cpu() if torch.is_tensor(units) else units)
+        if u.shape != (len(te_f),): raise ValueError(f"units: expected one unit id per test image ({len(te_f)}), got shape {list(u.shape)}")
+        unit_ids = sorted(set(u.tolist()))
+        masks = [torch.from_numpy(u == i) for i in unit_ids]
     out = {"seeds": seeds, "feature_shape": list(tr_f.shape[1:]), "ddof": ddof, "whiten": whiten}
     if seg:
         rows = []
@@ -500,6 +506,8 @@ def run_probes(feature_fn: Callable | None, splits: dict, num_classes: int, seed
             probe, hist = e["seg"]
             rows.append({"seed": e["seed"], "lr": hist["best"]["lr"], "epoch": hist["best"]["epoch"],
                          "val_mIoU": hist["best"]["val"]["mIoU"], **eval_seg_probe(probe, te_f, te_s, K)})
+            if units is not None:
+                rows[-1]["per_unit"] = {"units": unit_ids, "mIoU": [eval_seg_probe(probe, te_f[m], te_s[m], K)["mIoU"] for m in masks]}
         out["seg"] = {"per_seed": rows, **summarize(rows, SEG_KEYS, ddof)}
     if depth:
         rows = []
@@ -507,9 +515,20 @@ def run_probes(feature_fn: Callable | None, splits: dict, num_classes: int, seed
             probe, hist = e["depth"]
             rows.append({"seed": e["seed"], "lr": hist["best"]["lr"], "epoch": hist["best"]["epoch"],
                          "val_rmse": hist["best"]["val"]["rmse"], **eval_depth_probe(probe, te_f, te_d)})
+            if units is not None:
+                rows[-1]["per_unit"] = {"units": unit_ids, "rmse": [eval_depth_probe(probe, te_f[m], te_d[m])["rmse"] for m in masks]}
         out["depth"] = {"per_seed": rows, **summarize(rows, DEPTH_KEYS, ddof), "head": fitted[0]["depth"][1]["head"]}
     if return_probes: out["probes"] = [{k: v[0] for k, v in e.items() if k != "seed"} for e in fitted]   # chosen heads per seed
     return out
+
+def unit_scores(result: dict, probe: str, key: str) -> tuple[list, np.ndarray]:  # -> unit ids [U], scores [S, U]
+    "Per-test-unit scores of a `run_probes(..., units=...)` result: (unit ids, array [seeds, units]) for the claims ledger."
+    if probe not in result: raise ValueError(f"result: no {probe!r} probe was run")
+    rows = result[probe]["per_seed"]
+    if not all("per_unit" in r for r in rows): raise ValueError("result: no per-unit scores; run run_probes with units=...")
+    ids = rows[0]["per_unit"]["units"]
+    if key not in rows[0]["per_unit"]: raise ValueError(f"key: per-unit scores hold {[k for k in rows[0]['per_unit'] if k != 'units']}, not {key!r}")
+    return ids, np.array([r["per_unit"][key] for r in rows], dtype=np.float64)
 
 # %% ../nbs/13_probes.ipynb #664a5a1e
 _COLUMNS = (("seg", "mIoU", "mIoU (%)", 100), ("seg", "mAcc", "mAcc (%)", 100), ("seg", "aAcc", "aAcc (%)", 100),

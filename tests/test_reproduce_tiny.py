@@ -50,3 +50,25 @@ def test_reproduce_tiny_rerun_skips_finished_stages(tiny_run, capsys):
     assert reproduce("tiny", root=base / "data", runs=base / "runs", only=STAGES, progress=False, log_output=False) == 0
     after = {p: p.stat().st_mtime for p in (base / "runs" / "tiny").glob("*/metrics.json")}
     assert before == after                                              # nothing re-executed
+
+
+@pytest.mark.kernel
+def test_reproduce_tiny_claims_ledger(tiny_run):
+    """The probes stage writes the teacher precondition to runs/tiny/claims.json; its paired difference is the mean
+    over test rooms of the per-room scores stored in metrics.json (recomputed here), and the report shows the table."""
+    import numpy as np
+    from condense_nb.claims import VERDICTS, ROW_KEYS
+    rc, base = tiny_run
+    run = base / "runs" / "tiny"
+    rows = json.loads((run / "claims.json").read_text())
+    assert [r["stage"] for r in rows] == ["probes", "probes"] and all(tuple(r) == ROW_KEYS for r in rows)
+    probes = json.loads((run / "probes" / "metrics.json").read_text())["probes"]
+    for r, (task, key) in zip(rows, (("seg", "mIoU"), ("depth", "rmse"))):
+        per = {n: np.array([s["per_unit"][key] for s in probes[n][task]["per_seed"]]) for n in ("teacher", "random-init ViT")}
+        assert per["teacher"].shape == (3, 2)                       # seeds × the 2 test rooms of `tiny`
+        assert math.isclose(r["diff"], float((per["teacher"].mean(0) - per["random-init ViT"].mean(0)).mean()), abs_tol=1e-12)
+        assert r["n_units"] == 2 and r["verdict"] in VERDICTS and r["ci_low"] <= r["diff"] <= r["ci_high"]
+    assert rows[1]["direction"] == -1                               # depth RMSE: lower is better
+    assert "| **" in (run / "claims.md").read_text()
+    report = (run / "report.md").read_text()
+    assert "## Claims" in report and rows[0]["claim"] in report
