@@ -70,7 +70,7 @@ def test_condense_pipeline_writes_artifacts(tiny_run):
     od = m["seg3d_oracle_diagnostic"]                                # the oracle-target diagnostic ran, fine-tuned and frozen
     assert od["at_labels"] == 0.1 and all(len(od[k]["per_seed"]) == 3 and all(0 <= x <= 1 for x in od[k]["per_seed"]) for k in ("fine-tuned", "frozen"))
     assert "Oracle check (a diagnostic" in report and (out / "pretrain" / "oracle" / "ckpt.pt").exists()
-    for fig in ("training.png", "queries.png", "keypoints.png", "pca.png", "duplicates.png"):
+    for fig in ("training.png", "queries.png", "keypoints.png", "pca.png", "duplicates.png", "seg_curves.png"):
         assert (out / fig).stat().st_size > 1000 and f"]({fig})" in report
     # artifacts others can load: the ConDense 2D encoder and the 3D encoder
     from condense_nb.encoders import load_encoder
@@ -120,3 +120,8 @@ def test_condense_claims_ledger(tiny_run):
     assert math.isclose(r["diff"], float((hits["condense"] - hits["baseline"]).mean()), abs_tol=1e-12)
     assert math.isclose(r["method_mean"], m["image_to_scene"]["condense"]["top1"]["mean"], abs_tol=1e-9)   # equal queries per room
     assert "The claims, paired over test rooms" in (out / "report.md").read_text()
+    # the fine-tuning budget: the counted best steps agree with the stored runs and the report quotes them
+    b = m["seg3d_best_before_end"]
+    assert b["runs"] == sum(len(e["best_steps"]) for e in m["seg3d"].values())
+    assert b["before_end"] == sum(s < m["config"]["seg_steps"] for e in m["seg3d"].values() for s in e["best_steps"])
+    assert f"**{b['before_end']} of {b['runs']}**" in (out / "report.md").read_text()
