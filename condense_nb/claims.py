@@ -11,7 +11,7 @@ from .core import check_int, check_number, check_choice, save_json, load_json
 
 # %% auto #0
 __all__ = ['VERDICTS', 'ROW_KEYS', 'unit_means', 'paired_bootstrap', 'verdict', 'claim_row', 'read_ledger', 'update_ledger',
-           'ledger_precondition', 'claims_table']
+           'ledger_precondition', 'claims_table', 'replace_block']
 
 # %% ../nbs/15_claims.ipynb #bb60e3dd
 def unit_means(scores, name: str = "scores") -> np.ndarray:  # scores [U] | [S, U] -> [U] float64
@@ -127,3 +127,12 @@ def claims_table(rows: list[dict], digits: int = 2) -> str:
                  f"{s * r['baseline_mean']:.{digits}f} | {_fmt(r['diff'], s, digits)} {ci} | {r['n_units']} {r['unit']}s × "
                  f"{len(r['seeds'])} | **{r['verdict']}** | {r['note']} |")
     return "\n".join(L)
+
+# %% ../nbs/15_claims.ipynb #5e38bacc
+def replace_block(text: str, name: str, body: str) -> str:
+    "`text` with what lies between `<!-- claims:{name} -->` and `<!-- /claims:{name} -->` replaced by `body`."
+    start, end = f"<!-- claims:{name} -->", f"<!-- /claims:{name} -->"
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"expected one {start} ... {end} block, in that order")
+    head, rest = text.split(start)
+    return f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}"

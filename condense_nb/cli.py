@@ -524,6 +524,24 @@ def _cmd_ship_teacher(args) -> int:
     _say(f"shipped {dst} ({dst.stat().st_size / 1e6:.1f} MB) and {dst.with_suffix('.json').name}")
     return 0
 
+def _cmd_claims(args) -> int:
+    "Print a claims ledger as a markdown table, or (with --readme) rewrite that file's claims block from it."
+    from condense_nb.claims import read_ledger, claims_table, replace_block
+    from condense_nb.core import atomic_write_text
+    ledger = Path(args.ledger)
+    if not ledger.is_file(): raise ValueError(f"{ledger}: no claims ledger there (a reproduce run writes RUNS/PRESET/claims.json)")
+    rows = read_ledger(ledger)
+    table = claims_table(rows)
+    if args.readme is None: _say(table); return 0
+    readme = Path(args.readme)
+    try: text = readme.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e: raise ValueError(f"{readme}: cannot read it as UTF-8 text ({e})") from None
+    try: new = replace_block(text, args.name, table)
+    except ValueError as e: raise ValueError(f"{readme}: {e}") from None
+    if new != text: atomic_write_text(readme, new)
+    _say(f"{readme}: claims block {args.name!r} {'rewritten' if new != text else 'already current'} from {ledger} ({len(rows)} rows)")
+    return 0
+
 # %% ../nbs/06_cli.ipynb #67f279e3
 def _threads_arg(text: str) -> int:
     "argparse type of `--threads`: an int in 1..CPU count."
@@ -606,10 +624,10 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message): self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 def build_parser() -> argparse.ArgumentParser:
-    "The `condense-nb` argument parser with its `data`, `pool`, `reproduce`, `notebooks` and `ship-teacher` subcommands."
+    "The `condense-nb` argument parser with its `data`, `pool`, `reproduce`, `notebooks`, `claims` and `ship-teacher` subcommands."
     p = _Parser(prog="condense-nb", description="Build the synthetic datasets and reproduce the "
                                 "ConDense / FiT3D / I2P-MAE experiments of condense-nb.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{data,pool,reproduce,notebooks,ship-teacher}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{data,pool,reproduce,notebooks,claims,ship-teacher}")
     cpus = os.cpu_count() or 1
     d = sub.add_parser("data", help="build the synthetic datasets of a preset (resumable)",
                        description="Build the SynthRooms/SynthShapes datasets of a preset into ROOT/PRESET/ (resumable).")
@@ -652,6 +670,13 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--timeout", type=float, default=600, metavar="S", help="seconds allowed per cell (default: 600)")
     n.add_argument("--threads", type=_threads_arg, default=None, metavar="N", help=f"torch CPU threads in each kernel, 1..{cpus}")
     n.set_defaults(func=_cmd_notebooks)
+    c = sub.add_parser("claims", help="print a claims ledger as a table, or rewrite README's claims block from it",
+                       description="Print RUNS/PRESET/claims.json as the markdown table of the reports; with --readme, rewrite "
+                       "the block between <!-- claims:NAME --> and <!-- /claims:NAME --> of that file from it (atomically).")
+    c.add_argument("--ledger", required=True, help="a claims ledger: RUNS/PRESET/claims.json or results/PRESET/claims.json")
+    c.add_argument("--readme", default=None, help="a markdown file holding a <!-- claims:NAME --> ... <!-- /claims:NAME --> block")
+    c.add_argument("--name", default="small", help="the block's name (default: small)")
+    c.set_defaults(func=_cmd_claims)
     t = sub.add_parser("ship-teacher", help="copy a run's teacher into the package assets (maintainers)",
                        description="Copy RUNS/PRESET/teacher/teacher.safetensors into condense_nb/assets/ with its provenance and probe numbers.")
     t.add_argument("--preset", required=True, choices=PRESETS); t.add_argument("--runs", default="runs")

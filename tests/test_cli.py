@@ -325,3 +325,33 @@ def test_notebooks_command_lists_checks_and_executes(tmp_path, monkeypatch, caps
     _tiny_nb(tmp_path/"01_a.ipynb", "1 / 0")                                         # a failing notebook: exit 1, named
     assert cli.main(["notebooks", "--execute", "--only", "01_a"]) == 1
     assert "01_a.ipynb: cell 0 failed: ZeroDivisionError" in capsys.readouterr().err
+
+
+def test_claims_command_prints_and_rewrites_the_readme_block(tmp_path, capsys):
+    from condense_nb.claims import claim_row, update_ledger, claims_table, read_ledger
+    ledger = tmp_path / "claims.json"
+    update_ledger(ledger, "probes", [claim_row("c", "test mIoU", "a", "b", [0.5, 0.6, 0.7], [0.4, 0.5, 0.6], stage="probes", scale=100)])
+    assert cli.main(["claims", "--ledger", str(ledger)]) == 0
+    assert claims_table(read_ledger(ledger)) in capsys.readouterr().out
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- claims:small -->\nold\n<!-- /claims:small -->\nend\n")
+    assert cli.main(["claims", "--ledger", str(ledger), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert claims_table(read_ledger(ledger)) in text and "old" not in text and text.endswith("<!-- /claims:small -->\nend\n")
+    assert cli.main(["claims", "--ledger", str(ledger), "--readme", str(readme)]) == 0
+    assert "already current" in capsys.readouterr().out and readme.read_text() == text
+    # bad input: one line each, naming the file
+    assert cli.main(["claims", "--ledger", str(tmp_path / "none.json")]) == 1
+    assert "none.json: no claims ledger there" in capsys.readouterr().err
+    (tmp_path / "plain.md").write_text("no markers\n")
+    assert cli.main(["claims", "--ledger", str(ledger), "--readme", str(tmp_path / "plain.md")]) == 1
+    assert "plain.md: expected one <!-- claims:small -->" in capsys.readouterr().err
+
+
+def test_readme_claims_block_is_generated_from_the_committed_ledger():
+    "README's claims table is the table of results/small/claims.json (or says there is none yet): generated, never typed."
+    from condense_nb.claims import read_ledger, claims_table
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "README.md").read_text()
+    block = text.split("<!-- claims:small -->\n")[1].split("\n<!-- /claims:small -->")[0]
+    assert block == claims_table(read_ledger(root / "results" / "small" / "claims.json"))
