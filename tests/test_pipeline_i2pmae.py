@@ -81,6 +81,13 @@ def test_i2pmae_pipeline_writes_every_variant(tiny_run):
     u = g["uniformity"]["T=1 (official)"]
     assert 1 <= u["max_min_ratio"] < math.e and 0 <= u["kl_to_uniform"] < 0.01      # attention saliency: T = 1 is ~uniform
     assert g["augmentation"]["clouds"] > 0 and g["augmentation"]["misaligned"] == 0
+    tc = g["temperature_choice"]                                     # chosen on val between the official T = 1 and the relative T
+    assert set(tc["candidates"]) == {"T=1 (official)", f"T={tc['candidates'][[k for k in tc['candidates'] if k != 'T=1 (official)'][0]]:.3g} (relative)"}
+    best = max(tc["val_acc"].values())
+    assert tc["val_acc"][tc["chosen"]] == best and (tc["chosen"] == "T=1 (official)" or tc["val_acc"]["T=1 (official)"] < best)
+    assert g["temperature"] == tc["candidates"][tc["chosen"]]
+    inv = g["augmentation_invariance"]
+    assert inv["max_abs_token_saliency_diff"] <= 0.01 * inv["token_saliency_scale"] and inv["max_abs_target_diff"] <= 0.05 * inv["target_scale"]
     for fig in ("loss.png", "saliency.png", "reconstruction.png", "results.png", "saliency.html"):
         assert (out / fig).stat().st_size > 1000, fig
     assert "plotly" in (out / "saliency.html").read_text()[:5_000_000].lower()
