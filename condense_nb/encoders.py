@@ -150,8 +150,8 @@ def _check_images(enc: DenseEncoder, images) -> tuple[int, int, int, int]:
 
 # %% ../nbs/11_encoders.ipynb #3366ca3f
 @patch
-def forward(self: DenseEncoder, images: Tensor) -> Tensor:  # images [B, 3, H, W] -> [B, C, h, w]
-    "Dense patch-token map of `images` (bilinearly resized to [B, C, H, W] if `upsample`)."
+def forward_with_cls(self: DenseEncoder, images: Tensor) -> tuple[Tensor, Tensor]:  # images [B, 3, H, W] -> [B, C, h, w], [B, C]
+    "Dense patch-token map of `images` (bilinearly resized to [B, C, H, W] if `upsample`) and the CLS token (the first prefix token)."
     B, _, H, W = _check_images(self, images)
     x = (images.to(self.mean.dtype) - self.mean) / self.std
     tokens = self.model.forward_features(x)                       # [B, P + h*w, C]
@@ -160,7 +160,13 @@ def forward(self: DenseEncoder, images: Tensor) -> Tensor:  # images [B, 3, H, W
         raise RuntimeError(f"expected {self.num_prefix_tokens}+{h}x{w} tokens, got {tokens.shape[1]}")
     dense = tokens[:, self.num_prefix_tokens:].reshape(B, h, w, -1).permute(0, 3, 1, 2)  # [B, C, h, w]
     if self.upsample: dense = F.interpolate(dense, size=(H, W), mode="bilinear", align_corners=False)
-    return dense
+    cls = tokens[:, 0] if getattr(self.model, "cls_token", None) is not None else None   # timm puts the class token first
+    return dense, cls
+
+@patch
+def forward(self: DenseEncoder, images: Tensor) -> Tensor:  # images [B, 3, H, W] -> [B, C, h, w]
+    "Dense patch-token map of `images` (bilinearly resized to [B, C, H, W] if `upsample`)."
+    return self.forward_with_cls(images)[0]
 
 # %% ../nbs/11_encoders.ipynb #a8a5b73a
 def save_encoder(encoder: DenseEncoder, path, config: dict | None = None) -> Path:

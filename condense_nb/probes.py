@@ -16,12 +16,12 @@ from .core import check_tensor, check_choice, check_int, check_number, cosine_sc
 from .metrics import SegMetric, DepthMetric
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'SEG_KEYS', 'DEPTH_KEYS', 'rgb_feature_fn', 'ConcatFeatures', 'concat_feature_fns', 'extract_features',
-           'images_fingerprint', 'save_features', 'load_features', 'cached_features', 'seg_labels', 'valid_depth',
-           'SegProbe', 'seg_loss', 'predict_seg', 'eval_seg_probe', 'fit_seg_probe', 'DepthProbe', 'depth_loss',
-           'predict_depth', 'eval_depth_probe', 'fit_depth_probe', 'token_moments', 'fit_whitening', 'apply_whitening',
-           'summarize', 'run_probes', 'unit_scores', 'format_table', 'position_features', 'view_pairs',
-           'run_consistency']
+__all__ = ['IGNORE_INDEX', 'SEG_KEYS', 'DEPTH_KEYS', 'rgb_feature_fn', 'ConcatFeatures', 'concat_feature_fns', 'ClsPatchFeatures',
+           'extract_features', 'images_fingerprint', 'save_features', 'load_features', 'cached_features', 'seg_labels',
+           'valid_depth', 'SegProbe', 'seg_loss', 'predict_seg', 'eval_seg_probe', 'fit_seg_probe', 'DepthProbe',
+           'depth_loss', 'predict_depth', 'eval_depth_probe', 'fit_depth_probe', 'token_moments', 'fit_whitening',
+           'apply_whitening', 'summarize', 'run_probes', 'unit_scores', 'format_table', 'position_features',
+           'view_pairs', 'run_consistency']
 
 # %% ../nbs/13_probes.ipynb #9ecd17e0
 IGNORE_INDEX = 255
@@ -52,6 +52,25 @@ class ConcatFeatures(nn.Module):
 def concat_feature_fns(*fns: Callable) -> ConcatFeatures:
     "Channel concatenation of several feature functions (an `nn.Module`, so wrapped models follow `.eval()`/`.to()`)."
     return ConcatFeatures(*fns)
+
+class ClsPatchFeatures(nn.Module):
+    "DINOv2's depth-probe input: each patch token ⊕ its image's CLS token, per encoder (`forward_with_cls`), concatenated."
+    def __init__(self, *encoders: nn.Module):
+        super().__init__()
+        if not encoders: raise ValueError("encoders: expected at least one DenseEncoder")
+        for i, e in enumerate(encoders):
+            if not hasattr(e, "forward_with_cls"): raise ValueError(f"encoders[{i}]: expected a DenseEncoder (with forward_with_cls), got {type(e).__name__}")
+        self.encoders = nn.ModuleList(encoders)
+
+    def forward(self, images: Tensor) -> Tensor:  # images [B, 3, H, W] -> [B, sum 2 C_i, h_0, w_0]
+        outs = []
+        for i, e in enumerate(self.encoders):
+            dense, cls = e.forward_with_cls(images)                      # [B, C, h, w], [B, C]
+            if cls is None: raise ValueError(f"encoders[{i}]: this ViT has no CLS token (class_token=False)")
+            outs += [dense, cls[:, :, None, None].expand_as(dense)]
+        h, w = outs[0].shape[-2:]
+        return torch.cat([o if o.shape[-2:] == (h, w) else F.interpolate(o, size=(h, w), mode="bilinear", align_corners=False)
+                          for o in outs], 1)
 
 # %% ../nbs/13_probes.ipynb #97c2617f
 def _check_images(images, name: str = "images") -> Tensor:

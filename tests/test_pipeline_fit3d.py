@@ -66,6 +66,11 @@ def test_artifacts(fit3d):
     assert "Concat beats the teacher on test mIoU and RMSE by more than the seed spread: " in report
     m = json.loads((out/"metrics.json").read_text())
     assert m["teacher"] == str((tmp/"runs"/"teacher"/"teacher.safetensors").resolve())   # found beside out_dir, no teacher_path
+    pd = m["paper_depth_probe"]                                          # FiT3D's own depth probe: CLS ⊕ patch, 256 bins
+    assert pd["head"] == "bins" and set(pd["probes"]) == {"teacher", "fine-tuned (1 ep)", "concat (1 ep)"}
+    assert pd["probes"]["teacher"]["feature_shape"][0] == 2 * m["probes"]["teacher"]["feature_shape"][0]
+    assert pd["probes"]["concat (1 ep)"]["feature_shape"][0] == 4 * m["probes"]["teacher"]["feature_shape"][0]
+    assert "FiT3D's own depth probe" in report
     bad = [(k, v) for k, v in finite_numbers(m) if not math.isfinite(v)]
     assert not bad, bad
     assert set(m["probes"]) == set(VARIANTS) and m["probes"]["teacher"]["seeds"] == [0, 1]
@@ -93,10 +98,11 @@ def test_claims_ledger(fit3d):
     tmp, root, out = fit3d
     rows = json.loads((tmp/"runs"/"claims.json").read_text())
     assert [r["stage"] for r in rows] == ["probes"] + ["fit3d"] * 4 and all(tuple(r) == ROW_KEYS for r in rows[1:])
-    m = json.loads((out/"metrics.json").read_text())["probes"]
+    mm = json.loads((out/"metrics.json").read_text())
     report = (out/"report.md").read_text()
     for r in rows[1:]:
         task, key = ("seg", "mIoU") if "mIoU" in r["metric"] else ("depth", "rmse")
+        m = mm["probes"] if task == "seg" else mm["paper_depth_probe"]["probes"]        # depth: the paper's CLS ⊕ patch, bins probe
         per = {n: np.array([s["per_unit"][key] for s in m[n][task]["per_seed"]]) for n in (r["method"], "teacher")}
         assert per["teacher"].shape == (2, 2)                               # seeds 0, 1 × the 2 test rooms of `tiny`
         want = float((per[r["method"]].mean(0) - per["teacher"].mean(0)).mean())
