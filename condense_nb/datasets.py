@@ -20,7 +20,8 @@ from .scenes import (CLASSES, make_room, near_duplicate, caption, render, sample
 __all__ = ['MAX_ROOMS', 'MAX_DUPS', 'PRESETS', 'SPLITS', 'ROOM_SPLITS', 'SPLIT_OFFSET', 'DUP_CHOICE_OFFSET', 'SHAPE_VARIANTS',
            'VIEW_KEYS', 'POINT_KEYS', 'DataConfig', 'get_preset', 'dup_test_rooms', 'room_plan', 'split_seeds',
            'read_text', 'read_json', 'build_room', 'shape_plan', 'build_shape_set', 'resolve_config', 'build_preset',
-           'verify_sha256', 'check_arrays', 'RoomViews', 'RoomScenes', 'hwc', 'ShapeSet', 'dataset_stats']
+           'verify_sha256', 'check_arrays', 'verified_tensors', 'RoomViews', 'RoomScenes', 'hwc', 'ShapeSet',
+           'dataset_stats']
 
 # %% ../nbs/04_datasets.ipynb #5512de44
 @dataclass(frozen=True)
@@ -269,7 +270,7 @@ def check_arrays(path, tensors: dict, spec: dict, optional=()) -> dict:
 
 _VERIFIED: set = set()     # (path, inode, size, mtime_ns, sha256) of the files that passed their checks in this process
 
-def _verified(path: Path, spec: dict, sha: str | None, remedy: str, load: bool = True, optional=()) -> dict | None:
+def verified_tensors(path: Path, spec: dict, sha: str | None, remedy: str, load: bool = True, optional=()) -> dict | None:
     "The tensors of the safetensors file `path` (if `load`), read and checked (sha256, then `spec`) the first time this process sees the file as it is now."
     from safetensors.torch import load as st_load
     if not path.exists(): raise ValueError(f"{path}: file not found")
@@ -356,7 +357,7 @@ class _Rooms(Dataset):
         f = self.folders[i]
         if i not in self._sums: self._sums[i] = _done_sums(f/"DONE")
         spec = (_view_spec if name == "views.safetensors" else _point_spec)(self.config)
-        return _verified(f/name, spec, self._sums[i].get(name), self._remedy(f), load)
+        return verified_tensors(f/name, spec, self._sums[i].get(name), self._remedy(f), load)
 
     def _remedy(self, folder: Path) -> str:
         return f"delete {folder} and {self.root/'DONE'}, then run build_preset again (condense-nb data) to rebuild it"
@@ -442,7 +443,7 @@ class ShapeSet(Dataset):
         spec = dict(points=(torch.float32, (M, N, 3), None, None), labels=(torch.int64, (M,), 0, len(self.class_names) - 1),
                     mask=(torch.bool, (M, N), None, None), seeds=(torch.int64, (M,), 0, None))
         remedy = f"delete it and {self.root/'DONE'}, then run build_preset again (condense-nb data) to rebuild it"
-        d = _verified(self.path, spec, _done_sums(self.root/"DONE").get(f"shapes/{self.path.name}"), remedy,
+        d = verified_tensors(self.path, spec, _done_sums(self.root/"DONE").get(f"shapes/{self.path.name}"), remedy,
                       optional=("mask", "seeds"))
         self.points, self.labels, self.mask = d["points"], d["labels"], d.get("mask")
         self.item_seeds = d.get("seeds")                                   # [M] the shapes.split_items seed of each object

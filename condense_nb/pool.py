@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from .core import check_choice, check_int, atomic_write_bytes, save_json, st_bytes
 from .cameras import intrinsics, inroom_path
 from .scenes import make_room, render
-from .datasets import read_json, _verified
+from .datasets import read_json, verified_tensors
 
 # %% auto #0
 __all__ = ['POOL_OFFSET', 'POOL_PRESETS', 'PoolConfig', 'pool_seeds', 'shard_paths', 'build_shard', 'build_pool', 'PoolImages']
@@ -159,7 +159,7 @@ class PoolImages(Dataset):
             R, V, H, W = len(pool_seeds(cfg, k)), cfg.views_per_room, cfg.height, cfg.width
             spec = dict(rgb=(torch.uint8, (R, V, H, W, 3), None, None), depth=(torch.float16, (R, V, H, W), 0, math.inf),
                         K=(torch.float32, (R, V, 3, 3), None, None), viewmats=(torch.float32, (R, V, 4, 4), None, None))
-            rgb = _verified(st_path, spec, rec.get("sha256") if verify else None,
+            rgb = verified_tensors(st_path, spec, rec.get("sha256") if verify else None,
                             f"delete it and {js_path.name}, then run build_pool again (condense-nb pool) to rebuild that shard")["rgb"]
             if max_rooms is not None: rgb = rgb[:max(0, max_rooms - n)]
             rgbs.append(rgb.flatten(0, 1)); rooms += [n + r for r in range(len(rgb)) for _ in range(rgb.shape[1])]; n += len(rgb)
