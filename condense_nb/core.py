@@ -13,7 +13,8 @@ import torch
 # %% auto #0
 __all__ = ['check_tensor', 'check_choice', 'check_int', 'check_number', 'cosine_schedule', 'preset_config', 'atomic_write_bytes',
            'atomic_write_text', 'save_json', 'load_json', 'atomic_save_image', 'atomic_savefig', 'remove_temp_files',
-           'LockedError', 'lock_holder', 'FolderLock', 'st_bytes', 'seed_everything', 'get_device']
+           'LockedError', 'lock_holder', 'FolderLock', 'st_bytes', 'seed_everything', 'get_device', 'dist_rank_world',
+           'all_sum', 'all_sum_grads', 'broadcast_']
 
 # %% ../nbs/00_core.ipynb #3d02e560
 def _fmt_shape(shape: Sequence) -> str:
@@ -234,3 +235,33 @@ def get_device(device: str | None = None) -> torch.device:
     "`device` if given, else CUDA when available, else CPU."
     if device: return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+# %% ../nbs/00_core.ipynb #1d07036e
+def dist_rank_world() -> tuple[int, int]:
+    "(rank, world_size) from `torch.distributed` if initialised, else (0, 1)."
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+def all_sum(x, device: torch.device | None = None):
+    "`x` (a tensor or a number) summed over the processes; `x` itself, untouched, in a single process. Numbers become float64 tensors on `device`."
+    if dist_rank_world()[1] == 1: return x
+    import torch.distributed as dist
+    t = x.detach().clone() if torch.is_tensor(x) else torch.tensor(float(x), dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t
+
+def all_sum_grads(params) -> None:
+    "In place: every parameter's gradient summed over the processes, in one flat all-reduce (parameters without a gradient skipped, identically on every process)."
+    if dist_rank_world()[1] == 1: return
+    import torch.distributed as dist
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    for g, v in zip(grads, flat.split([g.numel() for g in grads])): g.copy_(v.view_as(g))
+
+def broadcast_(tensors, src: int = 0) -> None:
+    "In place: process `src`'s values of `tensors` copied to every process."
+    if dist_rank_world()[1] == 1: return
+    import torch.distributed as dist
+    for t in tensors: dist.broadcast(t.data, src)

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .core import check_tensor, check_choice, check_int, check_number, atomic_write_bytes, save_json, preset_config
+from .core import check_tensor, check_choice, check_int, check_number, atomic_write_bytes, save_json, preset_config, dist_rank_world
 from .cameras import unproject, camera_center, intrinsics, inroom_path
 from .gaussians import rasterize, quat_to_rotmat
 from .pointops import knn
@@ -24,7 +24,7 @@ __all__ = ['SH_C0', 'GAUSSIAN_PARAMS', 'SSIM_C1', 'SSIM_C2', 'LIFT_PRESETS', 'GA
            'FeatureGaussians', 'init_from_depth', 'gaussian_window', 'ssim', 'rgb_loss', 'psnr', 'upsample_features',
            'lift_losses', 'LiftConfig', 'scene_extent', 'make_optimizer', 'means_lr', 'prune_gaussians',
            'view_space_grad', 'densify_gaussians', 'teacher_features', 'lift_scene', 'plot_gaussians_3d',
-           'densify_prune_fates', 'save_gaussians', 'load_gaussians', 'dist_rank_world', 'shard_scenes', 'lift_scenes']
+           'densify_prune_fates', 'save_gaussians', 'load_gaussians', 'shard_scenes', 'lift_scenes']
 
 # %% ../nbs/21_lifting.ipynb #f9ec520c
 def check_views(views: dict, name: str = "views") -> dict:
@@ -486,12 +486,6 @@ def load_gaussians(path, device=None) -> FeatureGaussians:
     return gs if device is None else gs.to(device)
 
 # %% ../nbs/21_lifting.ipynb #2b0d9645
-def dist_rank_world() -> tuple[int, int]:
-    "(rank, world_size) from `torch.distributed` if initialised, else (0, 1)."
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
 def shard_scenes(scene_ids, rank: int | None = None, world_size: int | None = None) -> list:
     "The scenes rank `rank` of `world_size` handles: every `world_size`-th from position `rank` (defaults from torch.distributed)."
     if rank is None and world_size is None: rank, world_size = dist_rank_world()

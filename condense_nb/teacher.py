@@ -4,14 +4,14 @@
 
 # %% ../nbs/12_teacher.ipynb #100b9651
 from __future__ import annotations
-import io, json, math, time
+import io, json, math, os, time
 from dataclasses import dataclass, asdict, fields, replace
 from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from .core import (atomic_write_bytes, save_json, load_json, check_choice, seed_everything, get_device, preset_config,
-                             cosine_schedule)
+                             cosine_schedule, dist_rank_world, all_sum, all_sum_grads, broadcast_)
 from .encoders import DenseEncoder, save_encoder
 
 # %% auto #0
@@ -20,7 +20,7 @@ __all__ = ['PRESETS', 'TeacherConfig', 'from_preset', 'crop_boxes', 'apply_crops
            'DinoNet', 'vit_tokens', 'random_patch_masks', 'softmax_ce', 'dino_loss', 'ibot_loss', 'update_center',
            'token_grid', 'dense_loss', 'sinkhorn_knopp', 'ema_update', 'param_groups', 'schedules', 'DinoState',
            'autocast_bf16', 'train_step', 'as_image_dataset', 'batch_indices', 'save_checkpoint', 'load_checkpoint',
-           'teacher_encoder', 'train_teacher']
+           'teacher_encoder', 'train_teacher', 'rank_block', 'take_block']
 
 # %% ../nbs/12_teacher.ipynb #f1b2bb2a
 @dataclass
@@ -63,7 +63,7 @@ class TeacherConfig:
     ibot_weight: float = 1.0                # masked patches, same crop (iBOT)
     dense_weight: float = 0.0               # every patch, the same scene location in the other crops (location-aware)
     dense_start: int = 0                    # the dense term is off before this step, then ramps up over `warmup_steps`
-    patch_targets: str = "center"           # dense targets: 'center' (EMA, iBOT), 'sinkhorn' (DINOv2), 'image' (each image's mean removed): 'center' (EMA centring, iBOT) or 'sinkhorn' (Sinkhorn-Knopp, DINOv2)
+    patch_targets: str = "center"           # dense targets: 'center' (EMA centring, iBOT), 'sinkhorn' (Sinkhorn-Knopp, DINOv2) or 'image' (each image's mean logits removed)
     mask_prob: float = 0.5                  # fraction of global crops that get masked at all
     mask_ratio: tuple = (0.1, 0.5)          # fraction of patches masked in those
     # optimisation
@@ -290,24 +290,27 @@ def softmax_ce(teacher_logits: Tensor, student_logits: Tensor, center: Tensor, t
     return -(pt * F.log_softmax(student_logits / s_temp, dim=-1)).sum(-1)
 
 def dino_loss(s_cls: Tensor, t_cls: Tensor, center: Tensor, t_temp: float, s_temp: float) -> Tensor:  # [V*B,K], [2*B,K] -> []
-    "Mean cross-entropy over all (teacher global view i, student view v != i) pairs; views stacked view-major."
+    "Mean cross-entropy over all (teacher global view i, student view v != i) pairs; views stacked view-major. Under torchrun: this process's share of the mean over every process's images."
     B = t_cls.shape[0] // 2
+    n = all_sum(B, t_cls.device)                                                    # images over all processes (B in one)
     s, t = s_cls.view(-1, B, s_cls.shape[-1]), t_cls.view(2, B, -1)
-    terms = [softmax_ce(t[i], s[v], center, t_temp, s_temp).mean() for i in range(2) for v in range(len(s)) if v != i]
+    terms = [softmax_ce(t[i], s[v], center, t_temp, s_temp).sum() / n for i in range(2) for v in range(len(s)) if v != i]
     return torch.stack(terms).mean()
 
 def ibot_loss(s_patch: Tensor, t_patch: Tensor, img_of: Tensor, n_img: int, center: Tensor, t_temp: float, s_temp: float) -> Tensor:  # [M,K],[M,K],[M] -> []
-    "Masked-patch cross-entropy, averaged per image over its masked patches, then over images with any."
-    if s_patch.shape[0] == 0: return s_patch.sum() * 0
+    "Masked-patch cross-entropy, averaged per image over its masked patches, then over images with any (over every process's images under torchrun; 0 if none has any)."
     ce = softmax_ce(t_patch, s_patch, center, t_temp, s_temp)                         # [M]
     cnt = torch.zeros(n_img, device=ce.device).index_add_(0, img_of, torch.ones_like(ce))
-    per = torch.zeros(n_img, device=ce.device).index_add_(0, img_of, ce) / cnt.clamp_min(1)
-    return per[cnt > 0].mean()
+    per = torch.zeros(n_img, device=ce.device).index_add_(0, img_of, ce) / cnt.clamp_min(1)   # 0 for images without masked patches
+    return per.sum() / all_sum((cnt > 0).sum()).clamp_min(1)
 
 @torch.no_grad()
 def update_center(center: Tensor, teacher_logits: Tensor, momentum: float) -> Tensor:  # [1,K], [N,K] -> [1,K]
-    "EMA of the teacher's mean logits."
-    return center * momentum + teacher_logits.mean(0, keepdim=True) * (1 - momentum)
+    "EMA of the teacher's mean logits, the mean over every process's rows; the centre stays as it is when there are none."
+    total = all_sum(teacher_logits.float().sum(0, keepdim=True))                   # [1, K]
+    n = all_sum(teacher_logits.shape[0], teacher_logits.device)
+    if n == 0: return center
+    return center * momentum + total / n * (1 - momentum)
 
 # %% ../nbs/12_teacher.ipynb #1716476e
 def token_grid(box_src: Tensor, box_dst: Tensor, h: int, w: int) -> Tensor:  # [N,4], [N,4] -> [N, h, w, 2]
@@ -325,16 +328,16 @@ def dense_loss(s_logits: Tensor, t_probs: Tensor, grid: Tensor, s_temp: float) -
     with torch.autocast(s_logits.device.type, enabled=False):
         tgt = F.grid_sample(t_probs.float(), grid.float(), mode="bilinear", padding_mode="border", align_corners=False)
         ce = -(tgt * F.log_softmax(s_logits.float() / s_temp, dim=1)).sum(1)      # [N, hs, ws]
-    return (ce * valid).sum() / valid.sum().clamp_min(1)
+    return (ce * valid).sum() / all_sum(valid.sum()).clamp_min(1)             # over every process's tokens under torchrun
 
 @torch.no_grad()
 def sinkhorn_knopp(logits: Tensor, temp: float, n_iter: int = 3) -> Tensor:  # [N, K] -> [N, K]
     "DINOv2's balanced targets: exp(logits/temp), rescaled alternately so every prototype gets mass 1/K and every row 1/N; rows sum to 1."
     Q = (logits.float() / temp).exp().T                                            # [K, N]; cosine scores / temp stay below ~25
-    Q /= Q.sum()
-    K, N = Q.shape
+    Q /= all_sum(Q.sum())                                                          # sums over samples span every process
+    K, N = Q.shape[0], all_sum(Q.shape[1], logits.device)
     for _ in range(n_iter):
-        Q /= Q.sum(1, keepdim=True) * K
+        Q /= all_sum(Q.sum(1, keepdim=True)) * K
         Q /= Q.sum(0, keepdim=True) * N
     return (Q * N).T
 
@@ -411,11 +414,17 @@ def train_step(state: DinoState, opt: torch.optim.Optimizer, images: Tensor, cfg
     glob, loc, gbox, lbox = multi_crop(images, cfg, g, return_boxes=True)  # [2B,3,G,G], [LB,3,L,L], [2B,4], [LB,4]
     hg, hl = cfg.global_size // cfg.patch_size, cfg.local_size // cfg.patch_size
     mask = random_patch_masks(2 * B, hg, hg, g, cfg.mask_prob, cfg.mask_ratio).to(images.device)  # [2B,h,w]
+    rank, world = dist_rank_world()
+    if world > 1:                       # torchrun: every process drew the whole batch's views; each keeps its block of images
+        part = rank_block(B, rank, world)
+        glob, gbox, mask = (take_block(x, 2, part) for x in (glob, gbox, mask))
+        if cfg.n_local: loc, lbox = take_block(loc, cfg.n_local, part), take_block(lbox, cfg.n_local, part)
+        B = part.stop - part.start
     P, dense, temp = state.student.encoder.num_prefix_tokens, sch["dense_weight"] > 0, sch["teacher_temp"]
     state.student.train(); state.teacher.eval()                          # the teacher never uses stochastic depth
     amp = torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=autocast_bf16(cfg.precision, images.device))
     with torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else []), amp:
-        torch.manual_seed(cfg.seed * 1_000_003 + step)
+        torch.manual_seed((cfg.seed * 1_000_003 + step) * world + rank)          # stochastic depth: its own draws per process
         with torch.no_grad():
             tt = vit_tokens(state.teacher, glob)                          # [2B, P+hw, C]
             t_cls = state.teacher.head(tt[:, 0])
@@ -431,8 +440,8 @@ def train_step(state: DinoState, opt: torch.optim.Optimizer, images: Tensor, cfg
             s_loc = _maps(state.student.head(sl[:, P:].flatten(0, 1)), len(loc), hl, hl) if sl is not None else s_glob[:0]
     if step == 0:                                                        # start the centres at the first batch's mean
         state.center.copy_(update_center(state.center, t_cls, 0.0))
-        for t in (t_patch, t_all):
-            if len(t): state.patch_center.copy_(update_center(state.patch_center, t, 0.0))
+        for t, on in ((t_patch, cfg.ibot_weight), (t_all, dense)):
+            if on: state.patch_center.copy_(update_center(state.patch_center, t, 0.0))
     zero = s_cls.sum() * 0
     img_of = torch.arange(2 * B, device=images.device).repeat_interleave(mask.flatten(1).sum(1))
     l_dino = dino_loss(s_cls, t_cls, state.center, temp, cfg.student_temp)
@@ -446,6 +455,7 @@ def train_step(state: DinoState, opt: torch.optim.Optimizer, images: Tensor, cfg
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if step < cfg.freeze_last_layer_steps: state.student.head.prototypes.grad = None
+    all_sum_grads(state.student.parameters())                              # each process's loss is its share of the global one
     gnorm = nn.utils.clip_grad_norm_(state.student.parameters(), cfg.clip_grad)
     opt.step()
     with torch.no_grad():                                                  # collapse diagnostics (DINO, sec. 5.3)
@@ -459,9 +469,10 @@ def train_step(state: DinoState, opt: torch.optim.Optimizer, images: Tensor, cfg
                          patch_batch_entropy=-(q.mean(0) * q.mean(0).clamp_min(1e-12).log()).sum().item())
     ema_update(state.teacher, state.student, sch["momentum"])
     state.center.copy_(update_center(state.center, t_cls, cfg.center_momentum))
-    for t in (t_patch, t_all):
-        if len(t): state.patch_center.copy_(update_center(state.patch_center, t, cfg.center_momentum))
-    return dict(step=step, loss=loss.item(), dino=l_dino.item(), ibot=l_ibot.item(), dense=l_dense.item(), grad_norm=gnorm.item(),
+    for t, on in ((t_patch, cfg.ibot_weight), (t_all, dense)):
+        if on: state.patch_center.copy_(update_center(state.patch_center, t, cfg.center_momentum))
+    total = all_sum(torch.stack([loss.detach(), l_dino.detach(), l_ibot.detach(), l_dense.detach()]).float()).tolist()
+    return dict(step=step, **dict(zip(("loss", "dino", "ibot", "dense"), total)), grad_norm=gnorm.item(),
                 target_entropy=h_each.item(), batch_entropy=h_mean.item(), **extra, **sch)
 
 # %% ../nbs/12_teacher.ipynb #a5865b08
@@ -585,6 +596,9 @@ def teacher_encoder(state: DinoState, cfg: TeacherConfig) -> DenseEncoder:
 def train_teacher(images_or_dataset, cfg: TeacherConfig, out_dir, progress: bool = True, stop_at: int | None = None) -> DenseEncoder:
     "Pre-train a ViT with DINO + iBOT on images in [0,1]; checkpoints and resumes in `out_dir`; returns the teacher encoder."
     ds, out, dev = as_image_dataset(images_or_dataset), Path(out_dir), get_device(cfg.device)
+    rank, world = dist_rank_world()                                  # (0, 1) unless started by torchrun
+    if world > 1: rank_block(cfg.batch_size, rank, world)             # the batch must split evenly (checked before any work)
+    if world > 1 and dev.type == "cuda": dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
     threads = torch.get_num_threads()
     if cfg.num_threads: torch.set_num_threads(cfg.num_threads)
     try:
@@ -592,17 +606,18 @@ def train_teacher(images_or_dataset, cfg: TeacherConfig, out_dir, progress: bool
         state = DinoState(cfg).to(dev)
         opt = torch.optim.AdamW(param_groups(state.student), lr=cfg.lr)
         start, history = load_checkpoint(out, state, opt, cfg)
-        save_json(out / "config.json", _cfg_json(cfg))
+        broadcast_(state.state_dict().values())                      # every process starts from rank 0's state
+        if rank == 0: save_json(out / "config.json", _cfg_json(cfg))
         stop = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
-        _train_loop(ds, state, opt, cfg, out, start, stop, history, progress)
+        _train_loop(ds, state, opt, cfg, out, start, stop, history, progress and rank == 0, save=rank == 0)
     finally: torch.set_num_threads(threads)
     enc = teacher_encoder(state.cpu(), cfg)
-    if stop >= cfg.steps: save_encoder(enc, out / "teacher.safetensors", dict(teacher_config=_cfg_json(cfg), steps=cfg.steps))
+    if stop >= cfg.steps and rank == 0: save_encoder(enc, out / "teacher.safetensors", dict(teacher_config=_cfg_json(cfg), steps=cfg.steps))
     enc.meta = dict(history=history, resumed_from=start)
     return enc
 
-def _train_loop(ds, state, opt, cfg, out, start, stop, history, progress):
-    "Steps `start`..`stop`-1 over the step-indexed batch stream, with checkpoints and a progress bar."
+def _train_loop(ds, state, opt, cfg, out, start, stop, history, progress, save=True):
+    "Steps `start`..`stop`-1 over the step-indexed batch stream, with checkpoints (if `save`) and a progress bar."
     loader = torch.utils.data.DataLoader(ds, batch_sampler=_StepBatches(start, stop, cfg.batch_size, len(ds), cfg.seed),
                                          num_workers=cfg.num_workers, collate_fn=_collate)
     bar = None
@@ -616,5 +631,16 @@ def _train_loop(ds, state, opt, cfg, out, start, stop, history, progress):
         if bar is not None:
             bar.update(1)
             if step % cfg.log_every == 0: bar.set_postfix(loss=f"{rec['loss']:.3f}", dino=f"{rec['dino']:.3f}", ibot=f"{rec['ibot']:.3f}")
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == stop: save_checkpoint(out, state, opt, cfg, step + 1, history)
+        if save and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == stop): save_checkpoint(out, state, opt, cfg, step + 1, history)
     if bar is not None: bar.close()
+
+# %% ../nbs/12_teacher.ipynb #da50e8a3
+def rank_block(n: int, rank: int, world: int) -> slice:
+    "The contiguous block of a global batch of `n` images that process `rank` of `world` trains on."
+    if n % world: raise ValueError(f"batch_size: {n} does not split evenly over {world} processes")
+    k = n // world
+    return slice(rank * k, (rank + 1) * k)
+
+def take_block(x: Tensor, views: int, part: slice) -> Tensor:  # [views*B, ...] -> [views*b, ...]
+    "The images `part` of every view of a view-major stack."
+    return x.unflatten(0, (views, -1))[:, part].flatten(0, 1)
