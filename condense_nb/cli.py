@@ -577,6 +577,31 @@ def _cmd_pool(args) -> int:
          f"this run {fmt_duration(time.time() - t0)}, {info['shard_seconds']:.0f} s of rendering over all runs")
     return 0
 
+def _key_value(text: str) -> tuple:
+    "`--set KEY=VALUE`: VALUE read as JSON (numbers, true/false, lists), else kept as a string."
+    key, eq, value = text.partition("=")
+    if not eq or not key.strip(): raise UsageError(f"--set: expected KEY=VALUE, got {text!r}")
+    try: return key.strip(), json.loads(value)
+    except json.JSONDecodeError: return key.strip(), value
+
+def _cmd_train_teacher(args) -> int:
+    T = importlib.import_module("condense_nb.teacher")
+    writable_folder(args.root, "--root")
+    over = dict(_key_value(s) for s in args.set)
+    if args.threads: over["num_threads"] = args.threads
+    cfg = T.from_preset(args.preset, **over)
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ          # started by torchrun: one process of several
+    if launched:
+        import torch, torch.distributed as dist
+        if not dist.is_initialized(): dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try: m = T.run(cfg, args.root, args.out, preset=args.preset, workers=args.workers, progress=True)
+    finally:
+        if launched and dist.is_initialized(): dist.destroy_process_group()
+    if int(os.environ.get("RANK", 0)) == 0:
+        _say(f"teacher of preset {args.preset!r}: {m['steps']} steps × {m['batch_size']} images on {m['images']} views of {m['rooms']} rooms "
+             f"({m['processes']} process(es)); this run {fmt_duration(m['seconds_this_run'])}; written to {Path(args.out) / 'teacher.safetensors'}")
+    return 0
+
 def _cmd_notebooks(args) -> int:
     nbm = importlib.import_module("condense_nb.notebooks")
     try: folder = nbm.nbs_dir()
@@ -624,10 +649,10 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message): self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 def build_parser() -> argparse.ArgumentParser:
-    "The `condense-nb` argument parser with its `data`, `pool`, `reproduce`, `notebooks`, `claims` and `ship-teacher` subcommands."
+    "The `condense-nb` argument parser with its `data`, `pool`, `reproduce`, `notebooks`, `claims`, `train-teacher` and `ship-teacher` subcommands."
     p = _Parser(prog="condense-nb", description="Build the synthetic datasets and reproduce the "
                                 "ConDense / FiT3D / I2P-MAE experiments of condense-nb.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{data,pool,reproduce,notebooks,claims,ship-teacher}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{data,pool,reproduce,notebooks,claims,train-teacher,ship-teacher}")
     cpus = os.cpu_count() or 1
     d = sub.add_parser("data", help="build the synthetic datasets of a preset (resumable)",
                        description="Build the SynthRooms/SynthShapes datasets of a preset into ROOT/PRESET/ (resumable).")
@@ -677,6 +702,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--readme", default=None, help="a markdown file holding a <!-- claims:NAME --> ... <!-- /claims:NAME --> block")
     c.add_argument("--name", default="small", help="the block's name (default: small)")
     c.set_defaults(func=_cmd_claims)
+    tt = sub.add_parser("train-teacher", help="train the 2D teacher of a preset here, or data-parallel under torchrun",
+                        description="Train (or resume) the teacher recipe of PRESET on its images under ROOT into OUT (teacher.safetensors, "
+                        "metrics.json, ckpt/), what the teacher stage of `reproduce` does without the pictures. Started by torchrun "
+                        "(`torchrun --nproc_per_node=G $(which condense-nb) train-teacher ...`) every process trains its share of each "
+                        "batch (nccl on CUDA, gloo on CPU); build the data first (`condense-nb data`, `condense-nb pool`).")
+    tt.add_argument("--preset", required=True, choices=PRESETS, help="recipe and data size: tiny (CI), small (CPU), full (GPU)")
+    tt.add_argument("--root", default="data", help="datasets folder (default: data)")
+    tt.add_argument("--out", required=True, help="run folder: resumed if it holds a checkpoint of the same recipe")
+    tt.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a TeacherConfig field over the preset's, repeatable, e.g. --set steps=500 --set data=train")
+    tt.add_argument("--workers", type=int, default=1, metavar="N", help="processes that render the pool if it is missing (default: 1)")
+    tt.add_argument("--threads", type=_threads_arg, default=None, metavar="N", help=f"torch CPU threads per process, 1..{cpus}")
+    tt.set_defaults(func=_cmd_train_teacher)
     t = sub.add_parser("ship-teacher", help="copy a run's teacher into the package assets (maintainers)",
                        description="Copy RUNS/PRESET/teacher/teacher.safetensors into condense_nb/assets/ with its provenance and probe numbers.")
     t.add_argument("--preset", required=True, choices=PRESETS); t.add_argument("--runs", default="runs")

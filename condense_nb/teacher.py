@@ -20,7 +20,7 @@ __all__ = ['PRESETS', 'TeacherConfig', 'from_preset', 'crop_boxes', 'apply_crops
            'DinoNet', 'vit_tokens', 'random_patch_masks', 'softmax_ce', 'dino_loss', 'ibot_loss', 'update_center',
            'token_grid', 'dense_loss', 'sinkhorn_knopp', 'ema_update', 'param_groups', 'schedules', 'DinoState',
            'autocast_bf16', 'train_step', 'as_image_dataset', 'batch_indices', 'save_checkpoint', 'load_checkpoint',
-           'teacher_encoder', 'train_teacher', 'rank_block', 'take_block']
+           'teacher_encoder', 'train_teacher', 'rank_block', 'take_block', 'training_images', 'run']
 
 # %% ../nbs/12_teacher.ipynb #f1b2bb2a
 @dataclass
@@ -644,3 +644,51 @@ def rank_block(n: int, rank: int, world: int) -> slice:
 def take_block(x: Tensor, views: int, part: slice) -> Tensor:  # [views*B, ...] -> [views*b, ...]
     "The images `part` of every view of a view-major stack."
     return x.unflatten(0, (views, -1))[:, part].flatten(0, 1)
+
+# %% ../nbs/12_teacher.ipynb #407d7104
+def training_images(cfg: TeacherConfig, preset: str, data_root, workers: int = 1) -> tuple:
+    "The images `cfg.data` names — the preset's unlabelled pool (built or finished with `workers` processes) or the train rooms' views — and a description {source, rooms}."
+    from condense_nb.datasets import build_preset, RoomViews
+    from condense_nb.pool import build_pool, PoolImages
+    kind = check_choice(cfg.data, "data", ("pool", "train"))
+    root = build_preset(preset, root=data_root, progress=False)
+    if kind == "pool":
+        pool_root = build_pool(preset, root=data_root, workers=workers, progress=False)
+        images = PoolImages(pool_root)
+        return images, dict(source=str(pool_root), rooms=images.config.rooms)
+    views = RoomViews(root, "train")
+    return torch.stack([views[i]["rgb"] for i in range(len(views))]), dict(source=str(root), rooms=len(views.folders))
+
+def _barrier() -> None:
+    if dist_rank_world()[1] > 1:
+        import torch.distributed as dist
+        dist.barrier()
+
+def run(cfg: TeacherConfig, data_root, out_dir, preset: str, workers: int = 1, progress: bool = True) -> dict:
+    "Train (or resume) the teacher of recipe `cfg` on the images of data preset `preset` under `data_root`; write `out_dir/teacher.safetensors` and `metrics.json`; return the metrics."
+    out, (rank, world) = Path(out_dir), dist_rank_world()
+    if rank == 0: images, info = training_images(cfg, preset, data_root, workers)   # rank 0 builds what is missing ...
+    _barrier()
+    if rank > 0: images, info = training_images(cfg, preset, data_root, workers)    # ... the others then find it built
+    t0 = time.time()
+    teacher = train_teacher(images, cfg, out / "ckpt", progress=progress)
+    seconds, hist, resumed = time.time() - t0, teacher.meta["history"], teacher.meta["resumed_from"]
+    new_steps = cfg.steps - resumed
+    threads = cfg.num_threads or torch.get_num_threads()              # train_teacher restores the caller's count afterwards
+    # every step's record holds the seconds since its run (or resumed run) started: a segment ends where that drops
+    train_seconds = sum(a["time"] for a, b in zip(hist, hist[1:] + [None]) if b is None or b["time"] < a["time"])
+    keys = [k for k in ("loss", "dino", "ibot", "dense", "target_entropy", "batch_entropy", "patch_entropy", "patch_batch_entropy")
+            if k in hist[0]]
+    mean_of = lambda hs: {k: float(sum(h[k] for h in hs) / len(hs)) for k in keys}
+    metrics = dict(preset=preset, steps=cfg.steps, batch_size=cfg.batch_size, images=len(images), data=cfg.data, rooms=info["rooms"],
+                   source=info["source"], seconds_this_run=round(seconds, 1), resumed_from=resumed,
+                   images_per_s=round(new_steps * cfg.batch_size / seconds, 2) if new_steps > 0 else None, threads=threads,
+                   processes=world, train_seconds=round(train_seconds, 1), train_images_per_s=round(len(hist) * cfg.batch_size / train_seconds, 2),
+                   precision="bf16" if autocast_bf16(cfg.precision, get_device(cfg.device)) else "fp32",   # what 'auto' resolved to
+                   params=sum(p.numel() for p in teacher.parameters()), first10=mean_of(hist[:10]), last10=mean_of(hist[-10:]),
+                   config=_cfg_json(cfg))
+    if rank == 0:
+        for suffix in (".safetensors", ".json"):
+            atomic_write_bytes(out / f"teacher{suffix}", (out / "ckpt" / f"teacher{suffix}").read_bytes())
+        save_json(out / "metrics.json", metrics)
+    return metrics

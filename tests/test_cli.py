@@ -355,3 +355,24 @@ def test_readme_claims_block_is_generated_from_the_committed_ledger():
     text = (root / "README.md").read_text()
     block = text.split("<!-- claims:small -->\n")[1].split("\n<!-- /claims:small -->")[0]
     assert block == claims_table(read_ledger(root / "results" / "small" / "claims.json"))
+
+
+def test_train_teacher_command(tmp_path, capsys):
+    """`condense-nb train-teacher` trains the preset's recipe with --set overrides through `teacher.run` (no papermill),
+    resumes on a rerun, and answers a malformed --set or an unknown field with one line."""
+    from condense_nb.cli import main
+    from condense_nb.encoders import load_encoder
+    args = ["train-teacher", "--preset", "tiny", "--root", str(tmp_path / "data"), "--out", str(tmp_path / "t"),
+            "--set", "steps=3", "--set", "data=train", "--threads", "1"]
+    assert main(args) == 0
+    m = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert m["steps"] == 3 and m["data"] == "train" and m["resumed_from"] == 0 and m["processes"] == 1 and m["images"] > 0
+    assert m["config"]["steps"] == 3 and set(m["last10"]) >= {"loss", "dino", "ibot", "dense"}
+    assert load_encoder(tmp_path / "t" / "teacher.safetensors").patch_size == 8
+    assert "teacher of preset 'tiny': 3 steps" in capsys.readouterr().out
+    assert main(args) == 0                                                # a rerun finds the finished run
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text())["resumed_from"] == 3
+    assert main(args[:-4] + ["--set", "steps"]) == 2
+    assert "--set: expected KEY=VALUE, got 'steps'" in capsys.readouterr().err
+    assert main(args[:-4] + ["--set", "stepz=3"]) == 1
+    assert "unknown TeacherConfig field(s) ['stepz']" in capsys.readouterr().err
