@@ -105,7 +105,7 @@ def orbit_path(center, radius: float, height: float, n: int, start_deg: float = 
     "`n` cameras evenly spaced on a horizontal circle of `radius` at `height` above `center`, looking at `center`."
     center = check_tensor(center, "center", (3,))
     if not radius > 0: raise ValueError(f"radius: expected > 0, got {radius}")
-    if n < 1: raise ValueError(f"n: expected >= 1, got {n}")
+    n = check_int(n, "n")
     ang = torch.deg2rad(torch.tensor(start_deg)) + torch.arange(n) * (2 * math.pi / n)
     eyes = center + torch.stack([radius * torch.cos(ang), radius * torch.sin(ang), torch.full_like(ang, height)], -1)
     return torch.stack([look_at(e, center) for e in eyes])

@@ -111,7 +111,7 @@ def fuse_rgbd(rgbs: Tensor, depths: Tensor, Ks: Tensor, viewmats: Tensor, aabb: 
         segs.append((camera_center(viewmats[v]), P[ok]))
     grid, count = voxelize_points(torch.cat(pts), torch.cat(cols), aabb, R)
     if not free_space: return grid
-    if carve_samples < 1: raise ValueError(f"carve_samples: expected >= 1, got {carve_samples}")
+    carve_samples = check_int(carve_samples, "carve_samples")
     D, H_, W_ = R
     diag = ((aabb[1] - aabb[0]) / torch.tensor([W_, H_, D], dtype=aabb.dtype, device=aabb.device)).norm()
     seen = torch.zeros(D * H_ * W_, dtype=torch.bool, device=aabb.device)

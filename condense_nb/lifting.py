@@ -489,10 +489,8 @@ def load_gaussians(path, device=None) -> FeatureGaussians:
 def shard_scenes(scene_ids, rank: int | None = None, world_size: int | None = None) -> list:
     "The scenes rank `rank` of `world_size` handles: every `world_size`-th from position `rank` (defaults from torch.distributed)."
     if rank is None and world_size is None: rank, world_size = dist_rank_world()
-    for v, n in ((rank, "rank"), (world_size, "world_size")):
-        if isinstance(v, bool) or not isinstance(v, int): raise ValueError(f"{n}: expected an integer, got {v!r}")
-    if world_size < 1: raise ValueError(f"world_size: expected >= 1, got {world_size}")
-    if not 0 <= rank < world_size: raise ValueError(f"rank: expected 0 <= rank < world_size={world_size}, got {rank}")
+    world_size = check_int(world_size, "world_size")
+    rank = check_int(rank, "rank", 0, world_size - 1)
     ids = list(scene_ids)
     if len(set(map(str, ids))) != len(ids): raise ValueError("scene_ids: contains duplicates")
     return ids[rank::world_size]

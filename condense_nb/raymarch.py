@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .core import check_tensor
+from .core import check_tensor, check_int
 
 # %% auto #0
 __all__ = ['check_aabb', 'ray_aabb', 'stratified_samples', 'check_grid', 'sample_grid_reference', 'sample_grid', 'volume_render',
@@ -47,7 +47,7 @@ def ray_aabb(origins: Tensor, dirs: Tensor, aabb: Tensor) -> tuple[Tensor, Tenso
 def stratified_samples(t_near: Tensor, t_far: Tensor, n_samples: int, perturb: bool = True,
                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:  # [R], [R] -> t_starts, t_ends [R, S]
     "Intervals tiling [t_near, t_far]: equal bins, jittered (one uniform sample per bin) when `perturb`."
-    if n_samples < 1: raise ValueError(f"n_samples: expected >= 1, got {n_samples}")
+    n_samples = check_int(n_samples, "n_samples")
     t_far = torch.maximum(t_far, t_near)
     u = torch.linspace(0, 1, n_samples + 1, device=t_near.device, dtype=t_near.dtype)
     edges = t_near[:, None] + (t_far - t_near)[:, None] * u                          # [R, S+1]

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .core import check_tensor, check_choice
+from .core import check_tensor, check_choice, check_int
 from .cameras import get_rays, intrinsics, look_at, inroom_path
 
 # %% auto #0
@@ -620,7 +620,7 @@ def inside_any(scene: Scene, points: Tensor, tol: float = 1e-4, chunk: int = 819
 
 def sample_points(scene: Scene, n: int, seed: int = 0) -> dict:
     "`n` labelled points on the visible surfaces: points [n,3], colors [n,3], normals [n,3], semantic [n], instance [n]."
-    if n < 1: raise ValueError(f"n: expected >= 1, got {n}")
+    n = check_int(n, "n")
     g = torch.Generator().manual_seed(seed)
     area = _areas(scene.kind, scene.half)
     keep = {k: [] for k in ("points", "colors", "normals", "semantic", "instance")}
