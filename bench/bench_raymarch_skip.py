@@ -20,16 +20,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_raymarch import with_nerfacc
+from timing import best_time
 from condense_nb.cameras import intrinsics, get_rays, inroom_path
 from condense_nb.raymarch import render_rays, fuse_occupancy
 from condense_nb.scenes import make_room, sample_points
-
-
-def best_time(fn, reps: int = 3) -> float:
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter(); fn(); ts.append(time.perf_counter() - t0)
-    return min(ts)
 
 
 def room_grids(seed: int, res: int, channels: int):

@@ -14,7 +14,7 @@ import torch
 __all__ = ['check_tensor', 'check_choice', 'check_int', 'check_number', 'cosine_schedule', 'preset_config', 'atomic_write_bytes',
            'atomic_write_text', 'save_json', 'load_json', 'atomic_save_image', 'atomic_savefig', 'remove_temp_files',
            'LockedError', 'lock_holder', 'FolderLock', 'st_bytes', 'seed_everything', 'get_device', 'dist_rank_world',
-           'all_sum', 'all_sum_grads', 'broadcast_']
+           'all_sum', 'all_sum_grads', 'barrier', 'broadcast_']
 
 # %% ../nbs/00_core.ipynb #3d02e560
 def _fmt_shape(shape: Sequence) -> str:
@@ -259,6 +259,12 @@ def all_sum_grads(params) -> None:
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     for g, v in zip(grads, flat.split([g.numel() for g in grads])): g.copy_(v.view_as(g))
+
+def barrier() -> None:
+    "Wait until every process gets here (a no-op in a single process)."
+    if dist_rank_world()[1] == 1: return
+    import torch.distributed as dist
+    dist.barrier()
 
 def broadcast_(tensors, src: int = 0) -> None:
     "In place: process `src`'s values of `tensors` copied to every process."

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .core import check_tensor, check_choice, check_int, check_number, atomic_write_bytes, save_json, preset_config, dist_rank_world
+from .core import check_tensor, check_choice, check_int, check_number, atomic_write_bytes, save_json, preset_config, dist_rank_world, barrier
 from .cameras import unproject, camera_center, intrinsics, inroom_path
 from .gaussians import rasterize, quat_to_rotmat
 from .pointops import knn
@@ -498,7 +498,6 @@ def shard_scenes(scene_ids, rank: int | None = None, world_size: int | None = No
 def lift_scenes(scene_ids, load_views: Callable, feature_fn: Callable, cfg: LiftConfig, out_dir,
                 rank: int | None = None, world_size: int | None = None, progress: bool = False) -> list[Path]:
     "Lift this rank's share of `scene_ids` (`load_views(id) -> views`) to `out_dir/<id>.safetensors`, skipping finished ones."
-    import torch.distributed as dist
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     if rank is None and world_size is None: rank, world_size = dist_rank_world()
     paths = []
@@ -510,5 +509,5 @@ def lift_scenes(scene_ids, load_views: Callable, feature_fn: Callable, cfg: Lift
             save_json(out_dir / f"{sid}.history.json", hist)
             save_gaussians(gs, path, meta=dict(scene=str(sid), rank=rank, seconds=time.time() - t0, config=asdict(cfg)))
         paths.append(path)
-    if dist.is_available() and dist.is_initialized(): dist.barrier()
+    barrier()
     return paths

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from .core import (atomic_write_bytes, save_json, load_json, check_choice, seed_everything, get_device, preset_config,
-                             cosine_schedule, dist_rank_world, all_sum, all_sum_grads, broadcast_)
+                             cosine_schedule, dist_rank_world, all_sum, all_sum_grads, broadcast_, barrier)
 from .encoders import DenseEncoder, save_encoder
 
 # %% auto #0
@@ -659,16 +659,11 @@ def training_images(cfg: TeacherConfig, preset: str, data_root, workers: int = 1
     views = RoomViews(root, "train")
     return torch.stack([views[i]["rgb"] for i in range(len(views))]), dict(source=str(root), rooms=len(views.folders))
 
-def _barrier() -> None:
-    if dist_rank_world()[1] > 1:
-        import torch.distributed as dist
-        dist.barrier()
-
 def run(cfg: TeacherConfig, data_root, out_dir, preset: str, workers: int = 1, progress: bool = True) -> dict:
     "Train (or resume) the teacher of recipe `cfg` on the images of data preset `preset` under `data_root`; write `out_dir/teacher.safetensors` and `metrics.json`; return the metrics."
     out, (rank, world) = Path(out_dir), dist_rank_world()
     if rank == 0: images, info = training_images(cfg, preset, data_root, workers)   # rank 0 builds what is missing ...
-    _barrier()
+    barrier()
     if rank > 0: images, info = training_images(cfg, preset, data_root, workers)    # ... the others then find it built
     t0 = time.time()
     teacher = train_teacher(images, cfg, out / "ckpt", progress=progress)
