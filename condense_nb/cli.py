@@ -13,7 +13,8 @@ __all__ = ['PRESETS', 'PIPELINES', 'DEPENDS', 'OUTPUTS', 'DONE_FORMAT', 'UsageEr
            'select_stages', 'file_sha256', 'imported_modules', 'library_files', 'output_manifest', 'manifest_changes',
            'read_done', 'outputs_digest', 'stage_status', 'stage_is_done', 'mark_done', 'owned_processes', 'kill_owned',
            'owned_children', 'run_stage', 'rewrite_links', 'git_commit', 'machine_info', 'fmt_duration', 'write_report',
-           'check_threads', 'writable_folder', 'reproduce', 'ship_teacher', 'build_parser', 'main']
+           'check_threads', 'writable_folder', 'notebook_parameters', 'stage_settings', 'reproduce', 'ship_teacher',
+           'build_parser', 'main']
 
 # %% ../nbs/06_cli.ipynb #840649ca
 PRESETS = ("tiny", "small", "full")
@@ -363,7 +364,8 @@ def write_report(run_dir, preset: str, records: list[dict], data_root=None) -> P
     for r in records:
         nb = f"{r['stage']}/{r['notebook']}"
         link = f"[{r['notebook']}]({nb})" if (run_dir/nb).exists() else r["notebook"]
-        L.append(f"| {r['stage']} | {link} | {r['status']} | {fmt_duration(r.get('duration_s'))} |")
+        st = r["status"] + ("".join(f" `{k}={v}`" for k, v in r["settings"].items()) if r.get("settings") else "")
+        L.append(f"| {r['stage']} | {link} | {st} | {fmt_duration(r.get('duration_s'))} |")
     if (run_dir/"claims.json").exists():                    # the claims ledger the stages wrote, as one table
         from condense_nb.claims import read_ledger, claims_table
         shown = {r["stage"] for r in records if r["status"] in ("done", "cached", "stale")}
@@ -411,11 +413,64 @@ def writable_folder(path, name: str) -> Path:
         raise UsageError(f"{name}: cannot write in {p} ({e.strerror or e}); expected a folder you can write to") from None
     return p
 
+def notebook_parameters(path) -> dict[str, tuple[type, object]]:
+    """The `parameters` cell of the notebook at `path`: {name: (type, default)} in cell order.
+    A typed line (`steps: int = 0`) gives its annotation; an untyped one the type of its literal default."""
+    import ast as _ast
+    cells = json.loads(Path(path).read_text(encoding="utf-8")).get("cells", [])
+    src = next(("".join(c.get("source", "")) for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if src is None: raise ValueError(f"{path}: no cell tagged 'parameters'")
+    types = dict(int=int, float=float, str=str, bool=bool)
+    found = {}
+    for node in _ast.parse(src).body:
+        target, ann = (node.target, node.annotation) if isinstance(node, _ast.AnnAssign) else \
+                      (node.targets[0], None) if isinstance(node, _ast.Assign) and len(node.targets) == 1 else (None, None)
+        if not isinstance(target, _ast.Name) or node.value is None: continue
+        try: default = _ast.literal_eval(node.value)
+        except ValueError: continue
+        t = types.get(ann.id) if isinstance(ann, _ast.Name) else type(default)
+        if t in types.values(): found[target.id] = (t, default)
+    return found
+
+_RESERVED = ("preset", "data_root", "out_dir", "threads")     # set by reproduce's own options
+
+def _as_type(text: str, t: type, name: str):
+    "`text` (a `--set` value) as a value of the parameter type `t`, else a `UsageError` naming `name`."
+    low = text.strip().lower()
+    if t is bool and low in ("true", "1", "yes"): return True
+    if t is bool and low in ("false", "0", "no"): return False
+    if t is str: return text
+    try:
+        if t is int and re.fullmatch(r"[+-]?\d+", text.strip()): return int(text)
+        if t is float: return float(text)
+    except ValueError: pass
+    raise UsageError(f"--set {name}: expected {'true/false' if t is bool else 'an ' + t.__name__ if t is int else 'a ' + t.__name__}, got {text!r}")
+
+def stage_settings(texts: Sequence[str], registry: Sequence[tuple[str, str]], selected: Sequence[str], pdir) -> dict[str, dict]:
+    """Parse `--set STAGE.KEY=VALUE` (repeatable) into {stage: {key: value}}: the stage must be selected, the key a
+    parameter of its notebook (not one of reproduce's own: preset, data_root, out_dir, threads), the value of its type."""
+    nbs, out = dict(registry), {}
+    for text in texts or ():
+        lhs, eq, value = str(text).partition("=")
+        stage, dot, key = lhs.strip().partition(".")
+        if not eq or not dot or not stage or not key:
+            raise UsageError(f"--set: expected STAGE.KEY=VALUE (e.g. fit3d.finetune_lr=5e-5), got {text!r}")
+        if stage not in nbs: raise UsageError(f"--set {lhs.strip()}: unknown stage {stage!r}; expected one of {list(nbs)}")
+        if stage not in selected: raise UsageError(f"--set {lhs.strip()}: stage {stage!r} is not selected (--only)")
+        if key in _RESERVED: raise UsageError(f"--set {lhs.strip()}: {key} is set by reproduce itself (--preset, --root, --runs, --threads)")
+        known = notebook_parameters(Path(pdir)/nbs[stage])
+        if key not in known:
+            raise UsageError(f"--set {lhs.strip()}: {nbs[stage]} has no parameter {key!r}; its parameters: "
+                             f"{', '.join(k for k in known if k not in _RESERVED)}")
+        out.setdefault(stage, {})[key] = _as_type(value, known[key][0], lhs.strip())
+    return out
+
 def reproduce(preset: str, root="data", runs="runs", only=None, force: bool = False,
               pipelines_dir=None, registry: Sequence[tuple[str, str]] | None = None,
               log_output: bool = True, progress: bool = True, threads: int = 0, depends: dict | None = None,
-              outputs: dict | None = None) -> int:
-    "Run the pipeline notebooks of `registry` (default `PIPELINES`) for `preset`, write `runs/<preset>/report.md`; 0 if all done, 1 if a stage failed."
+              outputs: dict | None = None, settings: Sequence[str] = ()) -> int:
+    """Run the pipeline notebooks of `registry` (default `PIPELINES`) for `preset`, write `runs/<preset>/report.md`; 0 if all done, 1 if a stage failed.
+    `settings`: `STAGE.KEY=VALUE` parameter overrides (`stage_settings`), passed to papermill and recorded in `DONE.json`."""
     from condense_nb.core import FolderLock, remove_temp_files, lock_holder
     if preset not in PRESETS: raise UsageError(f"--preset: unknown preset {preset!r}; expected one of {list(PRESETS)}")
     if registry is None: depends, outputs = (DEPENDS if depends is None else depends), (OUTPUTS if outputs is None else outputs)
@@ -432,7 +487,13 @@ def reproduce(preset: str, root="data", runs="runs", only=None, force: bool = Fa
     else:
         data_root = Path(root).expanduser().resolve()
         if data_root.exists() and not data_root.is_dir(): raise UsageError(f"--root: {data_root} is a file, not a folder; expected a folder")
-    params = lambda s: dict(preset=preset, data_root=str(data_root), out_dir=str(run_dir/s))
+    sets = stage_settings(settings, registry, selected, pdir)
+    base = lambda s: dict(preset=preset, data_root=str(data_root), out_dir=str(run_dir/s))
+    def params(s):
+        "A selected stage runs with its --set values; any other is judged with the settings it was run with."
+        if s in selected: return {**base(s), **sets.get(s, {})}
+        done = (read_done(run_dir/s) or {}).get("parameters")
+        return {**base(s), **{k: v for k, v in (done if isinstance(done, dict) else {}).items() if k not in base(s)}}
     extra = lambda s: [Path(t.format(**params(s))).resolve() for t in outputs.get(s, ())]
     upstream = lambda s: tuple(depends.get(s, ())) if depends is not None else tuple(order[:order.index(s)])
     inputs = lambda s: {u: outputs_digest(run_dir/u) for u in upstream(s)}
@@ -485,6 +546,7 @@ def reproduce(preset: str, root="data", runs="runs", only=None, force: bool = Fa
             if rec is not None:
                 why = status(s)
                 records[s].update(status="stale" if why else "cached", duration_s=rec.get("duration_s"), reason=why)
+        for s in order: records[s]["settings"] = {k: v for k, v in params(s).items() if k not in base(s)}
         report = write_report(run_dir, preset, list(records.values()), data_root=data_root)
     if failed:
         stage, executed, e = failed
@@ -628,7 +690,8 @@ def _cmd_notebooks(args) -> int:
 
 def _cmd_reproduce(args) -> int:
     _papermill_logging()
-    return reproduce(args.preset, root=args.root, runs=args.runs, only=args.only, force=args.force, threads=args.threads or 0)
+    return reproduce(args.preset, root=args.root, runs=args.runs, only=args.only, force=args.force, threads=args.threads or 0,
+                     settings=args.set)
 
 def _papermill_logging():
     """Show papermill's log (the notebooks' printed output) on stdout, without touching the root logger.
@@ -680,6 +743,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--runs", default="runs", help="runs folder; results go to RUNS/PRESET/ (default: runs)")
     r.add_argument("--only", default=None, metavar="STAGES", help="comma-separated stages to run, e.g. data,probes")
     r.add_argument("--force", action="store_true", help="rerun the selected stages even if they are up to date")
+    r.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                   help="a parameter of a selected stage's notebook, repeatable, e.g. --set fit3d.finetune_lr=5e-5; "
+                        "recorded in its DONE.json, so a changed value reruns the stage")
     r.add_argument("--threads", type=_threads_arg, default=None, metavar="N",
                    help=f"torch CPU threads for every stage, 1..{cpus} (default: each pipeline's own: 1, torch's for data)")
     r.set_defaults(func=_cmd_reproduce)

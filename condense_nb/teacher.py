@@ -20,7 +20,7 @@ __all__ = ['PRESETS', 'TeacherConfig', 'from_preset', 'crop_boxes', 'apply_crops
            'DinoNet', 'vit_tokens', 'random_patch_masks', 'softmax_ce', 'dino_loss', 'ibot_loss', 'update_center',
            'token_grid', 'dense_loss', 'sinkhorn_knopp', 'ema_update', 'param_groups', 'schedules', 'DinoState',
            'autocast_bf16', 'train_step', 'as_image_dataset', 'batch_indices', 'save_checkpoint', 'load_checkpoint',
-           'teacher_encoder', 'train_teacher', 'rank_block', 'take_block', 'training_images', 'run']
+           'teacher_encoder', 'train_teacher', 'rank_block', 'take_block', 'training_images', 'run', 'install_shipped']
 
 # %% ../nbs/12_teacher.ipynb #f1b2bb2a
 @dataclass
@@ -686,4 +686,17 @@ def run(cfg: TeacherConfig, data_root, out_dir, preset: str, workers: int = 1, p
         for suffix in (".safetensors", ".json"):
             atomic_write_bytes(out / f"teacher{suffix}", (out / "ckpt" / f"teacher{suffix}").read_bytes())
         save_json(out / "metrics.json", metrics)
+    return metrics
+
+# %% ../nbs/12_teacher.ipynb #ec3226f4
+def install_shipped(preset: str, out_dir) -> dict:
+    "Copy the package's shipped teacher of `preset` into `out_dir` as `run` leaves a trained one (teacher.safetensors + .json, metrics.json); return those metrics: the shipped training record, with `shipped=True`."
+    from condense_nb.encoders import ASSETS, load_teacher
+    load_teacher(preset)                                                # one clear error if none is shipped; and it must load
+    src, out = ASSETS / f"teacher_{preset}.safetensors", Path(out_dir)
+    meta = load_json(src.with_suffix(".json")).get("meta", {})
+    for suffix in (".safetensors", ".json"): atomic_write_bytes(out / f"teacher{suffix}", src.with_suffix(suffix).read_bytes())
+    metrics = dict(preset=preset, shipped=True, source=f"shipped teacher_{preset}", commit=meta.get("commit"), made=meta.get("made"),
+                   command=meta.get("command"), **(meta.get("training") or {}), config=meta.get("teacher_config"))
+    save_json(out / "metrics.json", metrics)
     return metrics

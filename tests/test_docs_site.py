@@ -105,6 +105,8 @@ def test_pages_render_in_a_real_browser(served, tmp_path):
             # draw what the figure asks for); the browser's performance hints are not errors
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" or m.text.startswith("WARN:") else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
+            # a failed load logs only "Failed to load resource: ... 404" to the console: keep the address beside it
+            page.on("response", lambda r: errors.append(f"HTTP {r.status} for {r.url}") if r.status >= 400 else None)
             page.goto(served + f"{stem}.html", wait_until="load")
             imgs = page.evaluate("[...document.images].map(i => [i.complete, i.naturalWidth, i.src.slice(0, 40)])")
             assert all(c and w > 0 for c, w, _ in imgs), f"{stem}: undecoded images {[i for i in imgs if not i[1]][:3]}"
