@@ -6,7 +6,7 @@ Random masks at the preset's ratio; with --feat-dim > 0 a 2D head and random 2D 
 import argparse, os, time
 import torch
 from condense_nb.mae import from_preset, PointMAE, make_optimizer, pretrain_step
-from condense_nb.i2pmae import random_mask
+from condense_nb.guidance import random_mask
 
 
 def bench(preset, threads, steps, warmup, batch, feat_dim, device):

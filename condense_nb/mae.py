@@ -19,7 +19,7 @@ from timm.layers import trunc_normal_
 from .core import (check_tensor, check_choice, check_int, check_number, cosine_schedule, atomic_write_bytes, save_json,
                              load_json, preset_config)
 from .pointops import group, gather_points, chamfer_distance, PointEmbed
-from .i2pmae import random_mask
+from .guidance import random_mask
 
 # %% auto #0
 __all__ = ['PRESETS', 'POOLS', 'MAEConfig', 'from_preset', 'Tokens', 'tokenize', 'gather_tokens', 'pos_mlp', 'vit_blocks',
@@ -70,7 +70,7 @@ class MAEConfig:
 
     @property
     def n_masked(self) -> int:
-        "Masked tokens per cloud at `mask_ratio` (the same rule as `i2pmae.random_mask`: int(ratio·G))."
+        "Masked tokens per cloud at `mask_ratio` (the same rule as `guidance.random_mask`: int(ratio·G))."
         return int(self.mask_ratio * self.n_groups)
 
 def _validate(c: MAEConfig) -> None:

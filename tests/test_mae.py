@@ -12,7 +12,7 @@ import torch
 from condense_nb.mae import (MAEConfig, from_preset, PointMAE, MAEEncoder, PointClassifier, Tokens, tokenize, token_targets,
                              global_feature, pool_tokens, param_groups, make_optimizer, lr_at, pretrain_step, pretrain,
                              cloud_loader, load_mae, save_checkpoint, scale_translate, plot_reconstruction)
-from condense_nb.i2pmae import random_mask
+from condense_nb.guidance import random_mask
 
 
 

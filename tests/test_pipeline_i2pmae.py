@@ -32,7 +32,7 @@ def tiny_run(tmp_path_factory):
     finally: torch.set_num_threads(n)
     out = base / "runs" / "i2pmae"; out.mkdir(parents=True)
     params = dict(preset="tiny", data_root=str(base / "data"), out_dir=str(out), teacher_path=str(base / "teacher" / "teacher.safetensors"),
-                  seeds="0,1", threads=1)
+                  overrides='{"seeds": [0, 1]}', threads=1)
     env_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = env_path                                    # the kernel imports this checkout's condense_nb
@@ -124,3 +124,30 @@ def test_i2pmae_claims_ledger(tiny_run):
         assert math.isclose(r["diff"], float((a.mean(0) - z.mean(0)).mean()), abs_tol=1e-12)
         assert math.isclose(r["method_mean"], float(np.mean(m["summary"]["i2p_guided"][col]["mean"])), abs_tol=1e-12)   # hits = accuracy
     assert "The claims, paired over test shapes" in (out / "report.md").read_text()
+
+
+@pytest.mark.kernel
+def test_i2pmae_run_without_papermill(tiny_run, tmp_path):
+    """`condense_nb.i2pmae.run` called directly on the same tiny data and teacher: one seed, no fine-tuning, a fixed
+    temperature; the ledger gets its rows, the checkpoints load back, and a folder pre-trained at another temperature
+    is refused instead of being silently continued."""
+    import torch
+    from condense_nb.encoders import load_encoder
+    from condense_nb.i2pmae import I2PMAEConfig, run, pretrained, CLAIMS, COLUMNS
+    out, _, _ = tiny_run
+    base = out.parent.parent
+    teacher = load_encoder(base / "teacher" / "teacher.safetensors")
+    cfg = I2PMAEConfig.from_preset("tiny", seeds=(3,), pretrain_epochs=1, finetune=False, choose_temperature=False, temperature=0.05,
+                                   num_threads=1)
+    m = run(cfg, base / "data", tmp_path / "run", teacher, "tiny teacher", ledger=tmp_path / "claims.json")
+    assert m["seeds"] == [3] and m["finetune"] is None and m["guidance"]["temperature"] == 0.05
+    assert set(m["summary"]["i2p_guided"]) == {c for c, _ in COLUMNS} - {"finetune"}
+    assert len(json.loads((tmp_path / "claims.json").read_text())) == len(CLAIMS) * 4 == len(m["claims"])
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["summary"] == m["summary"]
+    mae = pretrained(tmp_path / "run", "i2p_guided", 3)
+    assert mae.cfg.seed == 3 and mae.cfg.epochs == 1 and not mae.training
+    assert m["guidance"]["clouds"] == 24 and _finite(m["pretrain"]["i2p_guided"]["runs"]["3"]["loss_3d_last"])
+    with pytest.raises(ValueError, match="other 2D guidance or temperature"):
+        run(I2PMAEConfig.from_preset("tiny", **{**cfg.__dict__, "temperature": 0.5}), base / "data", tmp_path / "run", teacher)
+    with pytest.raises(ValueError, match="pretrained|no pre-training here"):
+        pretrained(tmp_path / "run", "i2p_guided", 4)

@@ -1,4 +1,4 @@
-"""Tests for the 2D-guidance part of condense_nb.i2pmae: guided/random masking (partition, exact ratio, T -> 0
+"""Tests for the 2D-guidance part of condense_nb.guidance: guided/random masking (partition, exact ratio, T -> 0
 limit, T -> inf uniformity, Plackett-Luce inclusion frequencies against exact enumeration and torch.multinomial),
 the CLS->patch saliency against timm's own attention matrix and a manual forward pass, the token read-back,
 softmax_uniformity on analytic cases, the explorer widget headless, and bad input."""
@@ -12,7 +12,7 @@ import timm
 
 from condense_nb.encoders import DenseEncoder
 from condense_nb.projection import project_views, points_to_pixels
-from condense_nb.i2pmae import (teacher_guidance, cls_patch_attention, token_guidance, cloud_guidance, guided_mask,
+from condense_nb.guidance import (teacher_guidance, cls_patch_attention, token_guidance, cloud_guidance, guided_mask,
                                 random_mask, mask_to_bool, softmax_uniformity, plot_guidance_3d, guidance_explorer)
 
 
