@@ -20,8 +20,8 @@ __all__ = ['IGNORE_INDEX', 'SEG_KEYS', 'DEPTH_KEYS', 'rgb_feature_fn', 'ConcatFe
            'extract_features', 'images_fingerprint', 'save_features', 'load_features', 'cached_features', 'seg_labels',
            'valid_depth', 'SegProbe', 'seg_loss', 'predict_seg', 'eval_seg_probe', 'fit_seg_probe', 'DepthProbe',
            'depth_loss', 'predict_depth', 'eval_depth_probe', 'fit_depth_probe', 'token_moments', 'fit_whitening',
-           'apply_whitening', 'summarize', 'run_probes', 'unit_scores', 'format_table', 'position_features',
-           'view_pairs', 'run_consistency']
+           'apply_whitening', 'summarize', 'run_probes', 'probe_input', 'unit_scores', 'format_table',
+           'position_features', 'view_pairs', 'run_consistency']
 
 # %% ../nbs/13_probes.ipynb #9ecd17e0
 IGNORE_INDEX = 255
@@ -537,8 +537,16 @@ def run_probes(feature_fn: Callable | None, splits: dict, num_classes: int, seed
             if units is not None:
                 rows[-1]["per_unit"] = {"units": unit_ids, "rmse": [eval_depth_probe(probe, te_f[m], te_d[m])["rmse"] for m in masks]}
         out["depth"] = {"per_seed": rows, **summarize(rows, DEPTH_KEYS, ddof), "head": fitted[0]["depth"][1]["head"]}
-    if return_probes: out["probes"] = [{k: v[0] for k, v in e.items() if k != "seed"} for e in fitted]   # chosen heads per seed
+    if return_probes:
+        out["probes"] = [{k: v[0] for k, v in e.items() if k != "seed"} for e in fitted]   # chosen heads per seed
+        out["whitening"] = white                                 # (mean, W) the heads expect their features through, or None
     return out
+
+def probe_input(result: dict, feats: Tensor) -> Tensor:  # feats [N, C, h, w] -> [N, C, h, w]
+    "`feats` as the heads of a `run_probes(..., return_probes=True)` result expect them: through its train-fitted whitening, if any."
+    if "probes" not in result: raise ValueError("result: no fitted heads; run run_probes with return_probes=True")
+    white = result.get("whitening")
+    return apply_whitening(feats, *white) if white is not None else feats
 
 def unit_scores(result: dict, probe: str, key: str) -> tuple[list, np.ndarray]:  # -> unit ids [U], scores [S, U]
     "Per-test-unit scores of a `run_probes(..., units=...)` result: (unit ids, array [seeds, units]) for the claims ledger."

@@ -72,3 +72,27 @@ def test_reproduce_tiny_claims_ledger(tiny_run):
     assert "| **" in (run / "claims.md").read_text()
     report = (run / "report.md").read_text()
     assert "## Claims" in report and rows[0]["claim"] in report
+
+
+@pytest.mark.kernel
+def test_probe_stage_run_without_papermill(tiny_run, tmp_path):
+    """`condense_nb.probe_stage.run` called directly on the same tiny data and teacher, one seed: the heads it keeps are
+    those whose test metrics it reports (recomputed here through their whitening), and the ledger gets both rows."""
+    import torch
+    from condense_nb.encoders import load_encoder
+    from condense_nb.probe_stage import ProbeStageConfig, run
+    from condense_nb.probes import probe_input, predict_seg, extract_features
+    from condense_nb.metrics import segmentation_metrics
+    from condense_nb.scenes import CLASSES
+    _, base = tiny_run
+    teacher = load_encoder(base / "runs" / "tiny" / "teacher" / "teacher.safetensors")
+    kept = {}
+    m = run(ProbeStageConfig.from_preset("tiny", seeds=(0,), epochs=3), base / "data", tmp_path / "probes", teacher, "tiny teacher",
+            data_preset="tiny", ledger=tmp_path / "claims.json", keep=kept)
+    assert set(m["probes"]) == {"RGB pixels", "random-init ViT", "teacher"} and m["seeds"] == [0]
+    assert [r["baseline"] for r in json.loads((tmp_path / "claims.json").read_text())] == ["random-init ViT"] * 2
+    imgs, labels, _ = kept["splits"]["test"]
+    r = kept["results"]["teacher"]
+    feats = probe_input(r, extract_features(teacher, imgs))
+    got = segmentation_metrics(predict_seg(r["probes"][0]["seg"], feats, tuple(imgs.shape[-2:])), labels, len(CLASSES))
+    assert got["mIoU"] == pytest.approx(m["probes"]["teacher"]["seg"]["per_seed"][0]["mIoU"])
