@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from .core import save_json, load_json, atomic_write_bytes, seed_everything, check_choice, preset_config
+from .core import save_json, load_json, atomic_write_bytes, seed_everything, check_choice, check_int, check_number, preset_config
 from .datasets import build_preset, ShapeSet
 from .encoders import DenseEncoder
 from .projection import project_views, read_back, average_views, visible_in_views
@@ -55,14 +55,11 @@ class I2PMAEConfig:
     num_threads: int | None = None     # torch CPU threads (None: torch's default)
 
     def __post_init__(self):
-        self.seeds = tuple(self.seeds)
-        if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds):
-            raise ValueError(f"seeds: expected a non-empty list of ints >= 0, got {list(self.seeds)!r}")
-        for k in ("pretrain_epochs", "finetune_epochs", "image_size", "splat"):
-            v = getattr(self, k)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{k}: expected an int >= 1, got {v!r}")
-        if self.temperature is not None and not self.temperature >= 0: raise ValueError(f"temperature: expected None or >= 0, got {self.temperature!r}")
-        if not self.temp_rel > 0: raise ValueError(f"temp_rel: expected > 0, got {self.temp_rel!r}")
+        self.seeds = tuple(check_int(s, f"seeds[{i}]", 0) for i, s in enumerate(self.seeds))
+        if not self.seeds: raise ValueError("seeds: expected at least one seed")
+        for k in ("pretrain_epochs", "finetune_epochs", "image_size", "splat"): check_int(getattr(self, k), k)
+        if self.temperature is not None: check_number(self.temperature, "temperature", 0)
+        check_number(self.temp_rel, "temp_rel", 0, lo_open=True)
         check_choice(self.projection, "projection", ("zbuffer", "sum")); check_choice(self.preset, "preset", ("tiny", "small", "full"))
 
     @classmethod

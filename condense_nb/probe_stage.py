@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from .core import save_json, seed_everything, preset_config
+from .core import save_json, seed_everything, preset_config, check_int, check_number
 from .datasets import build_preset, RoomViews, RoomScenes
 from .encoders import DenseEncoder
 from .probes import rgb_feature_fn, run_probes, unit_scores, run_consistency, seg_labels, extract_features, position_features
@@ -36,13 +36,11 @@ class ProbeStageConfig:
     num_threads: int | None = None     # torch CPU threads (None: torch's default)
 
     def __post_init__(self):
-        self.seeds, self.lrs = tuple(self.seeds), tuple(float(x) for x in self.lrs)
-        if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds):
-            raise ValueError(f"seeds: expected a non-empty list of ints >= 0, got {list(self.seeds)!r}")
-        for k in ("view_stride", "epochs", "consistency_gap", "consistency_pairs", "consistency_points"):
-            v = getattr(self, k)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{k}: expected an int >= 1, got {v!r}")
-        if not self.lrs or not all(x > 0 for x in self.lrs): raise ValueError(f"lrs: expected learning rates > 0, got {list(self.lrs)!r}")
+        self.seeds = tuple(check_int(s, f"seeds[{i}]", 0) for i, s in enumerate(self.seeds))
+        self.lrs = tuple(check_number(x, f"lrs[{i}]", 0, lo_open=True) for i, x in enumerate(self.lrs))
+        if not self.seeds: raise ValueError("seeds: expected at least one seed")
+        if not self.lrs: raise ValueError("lrs: expected at least one learning rate")
+        for k in ("view_stride", "epochs", "consistency_gap", "consistency_pairs", "consistency_points"): check_int(getattr(self, k), k)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "ProbeStageConfig":
