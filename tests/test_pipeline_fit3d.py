@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NB = ROOT/"nbs"/"pipelines"/"20_fit3d.ipynb"
 VARIANTS = ["teacher", "fine-tuned (1 ep)", "concat (1 ep)", "add (1 ep)", "linear fusion (1 ep)", "fine-tuned (2 ep)", "concat (2 ep)"]
 # lighter than the preset's probes and lifting, to keep the test near two minutes; the structure is the same
-PARAMS = dict(preset="tiny", seeds="0,1", epochs=4, lift_iterations=16, threads=1)
+OVERRIDES = dict(seeds=[0, 1], epochs=4, lift=dict(iterations=16))
+PARAMS = dict(preset="tiny", overrides=json.dumps(OVERRIDES), threads=1)
 PRECONDITION = "the teacher's patch features hold more semantics than a random network's"
 
 pytestmark = pytest.mark.kernel
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.kernel
 
 def run_pipeline(tmp: Path, out: Path, **extra):
     import papermill as pm
-    pm.execute_notebook(str(NB), str(out/"run.ipynb"), parameters=dict(PARAMS, data_root=str(tmp/"data"), out_dir=str(out), **extra),
+    pm.execute_notebook(str(NB), str(out/"run.ipynb"), parameters={**PARAMS, "data_root": str(tmp/"data"), "out_dir": str(out), **extra},
                         kernel_name="python3", cwd=str(NB.parent), progress_bar=False)
 
 
@@ -90,6 +91,24 @@ def test_artifacts(fit3d):
     assert "With heads that know the layout, concat beats the teacher" in report and "| position only |" in report
 
 
+def test_run_without_papermill_gives_the_pipelines_numbers(fit3d, tmp_path):
+    """`condense_nb.fit3d.run` called directly, on the pipeline's folder (Gaussians, fine-tuned models and features reused,
+    nothing lifted or trained again), reports exactly the pipeline's probe numbers; the ledger it is given gets FiT3D's rows."""
+    from condense_nb.encoders import load_encoder
+    from condense_nb.fit3d import Fit3DConfig, run
+    tmp, root, out = fit3d
+    first = json.loads((out/"metrics.json").read_text())
+    mtimes = {p: p.stat().st_mtime_ns for p in (out/"gaussians").glob("*.safetensors")}
+    teacher = load_encoder(tmp/"runs"/"teacher"/"teacher.safetensors")
+    threads = torch.get_num_threads()
+    m = run(Fit3DConfig.from_preset("tiny", **OVERRIDES, num_threads=1), tmp/"data", out, teacher, ledger=tmp_path/"claims.json")
+    assert torch.get_num_threads() == threads                              # restored
+    assert m["lift"]["lifted_this_run"] == [] and m["finetune"]["steps_this_run"] == 0
+    assert {p: p.stat().st_mtime_ns for p in (out/"gaussians").glob("*.safetensors")} == mtimes
+    assert m["probes"] == first["probes"] and m["paper_depth_probe"]["probes"] == first["paper_depth_probe"]["probes"]
+    assert [r["stage"] for r in json.loads((tmp_path/"claims.json").read_text())] == ["fit3d"] * 4
+
+
 def test_claims_ledger(fit3d):
     """FiT3D's rows join the ledger beside the probes stage's; each paired difference is the mean over test rooms of the
     per-room scores in metrics.json (recomputed here); the inconclusive teacher precondition makes every claim untestable."""
@@ -153,7 +172,7 @@ def test_torchrun_shards_and_rerun_resumes(fit3d):
         for k, v in load_gaussians(f).state_dict().items(): assert torch.equal(v, before[f.name][k]), (f.name, k)
     mtimes = {f: f.stat().st_mtime_ns for f in g.glob("*.safetensors")}
     ck = (out/"finetune"/"ckpt.safetensors").stat().st_mtime_ns
-    run_pipeline(tmp, out, seeds="0")
+    run_pipeline(tmp, out, overrides=json.dumps(dict(OVERRIDES, seeds=[0])))
     m = json.loads((out/"metrics.json").read_text())
     assert m["lift"]["lifted_this_run"] == [] and m["finetune"]["steps_this_run"] == 0
     assert {f: f.stat().st_mtime_ns for f in g.glob("*.safetensors")} == mtimes
@@ -168,4 +187,4 @@ def test_stale_gaussians_are_refused(fit3d):
     import papermill as pm
     tmp, root, out = fit3d
     with pytest.raises(pm.PapermillExecutionError, match="lifted with another teacher or LiftConfig"):
-        run_pipeline(tmp, out, lift_iterations=17)
+        run_pipeline(tmp, out, overrides=json.dumps(dict(OVERRIDES, lift=dict(iterations=17))))
