@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from .core import save_json, load_json, atomic_write_text, get_device, preset_config, check_int, check_number
+from .core import save_json, load_json, atomic_write_text, get_device, preset_config, check_int
 from .datasets import build_preset, RoomScenes
 from .encoders import DenseEncoder, load_encoder, save_encoder
 from .lifting import LiftConfig, lift_scenes, load_gaussians
 from .finetune import FinetuneConfig, finetune, trainable_copy, combine
 from .probes import run_probes, run_consistency, cached_features, position_features, unit_scores
-from .probe_stage import room_views
+from .probe_stage import room_views, check_probe_fields
 from .claims import claim_row, update_ledger, ledger_precondition
 from .scenes import CLASSES
 
@@ -45,11 +45,7 @@ class Fit3DConfig:
     num_threads: int | None = None     # torch CPU threads (None: torch's default)
 
     def __post_init__(self):
-        self.seeds = tuple(check_int(s, f"seeds[{i}]", 0) for i, s in enumerate(self.seeds))
-        self.lrs = tuple(check_number(x, f"lrs[{i}]", 0, lo_open=True) for i, x in enumerate(self.lrs))
-        if not self.seeds: raise ValueError("seeds: expected at least one seed")
-        if not self.lrs: raise ValueError("lrs: expected at least one learning rate")
-        for k in ("view_stride", "epochs", "consistency_gap", "consistency_pairs", "consistency_points"): check_int(getattr(self, k), k)
+        check_probe_fields(self)                                            # the probe stage's own fields and checks
         if self.lift_rooms is not None: check_int(self.lift_rooms, "lift_rooms")
         if "epochs" in self.finetune: raise ValueError("finetune: epochs is fixed at 2 (the 1- and 2-epoch models); leave it out")
         self.lift_config(); self.finetune_config()                          # their own checks, now rather than mid-run

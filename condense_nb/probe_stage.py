@@ -20,7 +20,7 @@ from .diagnostics import feature_diagnostics
 from .claims import claim_row, update_ledger
 
 # %% auto #0
-__all__ = ['PRESETS', 'ProbeStageConfig', 'room_views', 'extractors', 'run']
+__all__ = ['PRESETS', 'ProbeStageConfig', 'check_probe_fields', 'room_views', 'extractors', 'run']
 
 # %% ../nbs/16_probe_stage.ipynb #820c0f9c
 @dataclass
@@ -35,17 +35,20 @@ class ProbeStageConfig:
     consistency_points: int = 400      # ... this many sampled pixels per pair
     num_threads: int | None = None     # torch CPU threads (None: torch's default)
 
-    def __post_init__(self):
-        self.seeds = tuple(check_int(s, f"seeds[{i}]", 0) for i, s in enumerate(self.seeds))
-        self.lrs = tuple(check_number(x, f"lrs[{i}]", 0, lo_open=True) for i, x in enumerate(self.lrs))
-        if not self.seeds: raise ValueError("seeds: expected at least one seed")
-        if not self.lrs: raise ValueError("lrs: expected at least one learning rate")
-        for k in ("view_stride", "epochs", "consistency_gap", "consistency_pairs", "consistency_points"): check_int(getattr(self, k), k)
+    def __post_init__(self): check_probe_fields(self)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "ProbeStageConfig":
         "The probe stage of preset `name` ('tiny', 'small', 'full') with `overrides` (field values) applied."
         return preset_config(cls, PRESETS, name, **overrides)
+
+def check_probe_fields(cfg) -> None:
+    "Check (and make tuples of) the probe fields a stage config shares with `ProbeStageConfig`: seeds, lrs, view_stride, epochs, consistency_*."
+    cfg.seeds = tuple(check_int(s, f"seeds[{i}]", 0) for i, s in enumerate(cfg.seeds))
+    cfg.lrs = tuple(check_number(x, f"lrs[{i}]", 0, lo_open=True) for i, x in enumerate(cfg.lrs))
+    if not cfg.seeds: raise ValueError("seeds: expected at least one seed")
+    if not cfg.lrs: raise ValueError("lrs: expected at least one learning rate")
+    for k in ("view_stride", "epochs", "consistency_gap", "consistency_pairs", "consistency_points"): check_int(getattr(cfg, k), k)
 
 PRESETS = dict(tiny=dict(view_stride=1, epochs=10, lrs=(1e-2, 1e-1)), small=dict(view_stride=2, epochs=20, lrs=(3e-3, 3e-2)),
                full=dict(view_stride=1, epochs=30, lrs=(1e-3, 1e-2, 1e-1)))
