@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 from .core import (check_choice, check_int, check_number, preset_config, atomic_write_bytes, load_json, save_json,
-                              cosine_schedule)
+                              cosine_schedule, save_checkpoint, load_checkpoint)
 from .datasets import RoomScenes
 from .encoder3d import Encoder3D, SegHead3D, fuse_rgbd, scene_aabb, voxel_labels
 from .metrics import SegMetric
@@ -34,9 +34,9 @@ from .scenes import CLASSES, render as rt_render
 
 # %% auto #0
 __all__ = ['PRESETS', 'CondenseConfig', 'prepare_room', 'load_rooms', 'fit_standardizer', 'build_models', 'make_optimizer',
-           'Joint', 'train_step', 'save_checkpoint', 'load_checkpoint', 'train_joint', 'val_corr_acc', 'pretrain',
-           'seg3d_eval', 'finetune_seg3d', 'oracle_tokens', 'condense_rooms', 'query_descriptors', 'scene_repository',
-           'novel_views', 'caption_variants', 'seed_std_verdict', 'standing', 'run']
+           'Joint', 'train_step', 'train_joint', 'val_corr_acc', 'pretrain', 'seg3d_eval', 'finetune_seg3d',
+           'oracle_tokens', 'condense_rooms', 'query_descriptors', 'scene_repository', 'novel_views',
+           'caption_variants', 'seed_std_verdict', 'standing', 'run']
 
 # %% ../nbs/45_condense.ipynb #1d803ca6
 @dataclass
@@ -200,31 +200,24 @@ def train_step(models: dict, opt: torch.optim.Optimizer, joint: Joint, cfg: Cond
     return dict(step=step, loss=loss.item(), cons=float(cons.detach()), fid=float(fid.detach()), kp=float(kp.detach()), peak=peak.item())
 
 # %% ../nbs/45_condense.ipynb #75cad1a4
-def save_checkpoint(path, models: dict, opt: torch.optim.Optimizer, step: int, history: list) -> Path:
-    "Write the five parts, the optimiser, the step and the history to `path` atomically (`torch.load(weights_only=True)` reads it)."
-    buf = io.BytesIO()
-    torch.save(dict(step=step, models={k: v.state_dict() for k, v in models.items()}, opt=opt.state_dict(), history=history), buf)
-    return atomic_write_bytes(path, buf.getvalue())
-
-def load_checkpoint(path, models: dict, opt: torch.optim.Optimizer) -> tuple[int, list]:
-    "Restore `models` and `opt` in place from `path`; returns (step, history). A clear error names the file if it is unreadable."
-    try: ck = torch.load(path, weights_only=True)
-    except Exception as e: raise ValueError(f"{path}: could not read this ConDense checkpoint ({type(e).__name__}: {e}); delete it to restart the run") from None
-    for k, v in models.items(): v.load_state_dict(ck["models"][k])
-    opt.load_state_dict(ck["opt"])
-    return ck["step"], ck["history"]
-
 def train_joint(teacher: nn.Module, joint: Joint, cfg: CondenseConfig, lam_fid: float, total: int, ckdir,
                 targets: str = "teacher", log: Callable = print) -> tuple[dict, list]:
     "Run (or resume) one joint-training run with fidelity weight `lam_fid` up to `total` steps; returns the models (eval, frozen) and history."
     ckdir = Path(ckdir); ckdir.mkdir(parents=True, exist_ok=True)
     models = build_models(teacher, cfg, 0); opt = make_optimizer(models, cfg)
     start, hist = 0, []
-    if (ckdir / "ckpt.pt").exists(): start, hist = load_checkpoint(ckdir / "ckpt.pt", models, opt)
+    found = load_checkpoint(ckdir, opt)                       # the project's one checkpointer (core): safetensors + JSON
+    if found is not None:
+        start, tensors, _ = found
+        for k, v in models.items(): v.load_state_dict({n[len(k) + 1:]: t for n, t in tensors.items() if n.startswith(k + ".")})
+        hist = [h for h in load_json(ckdir / "history.json") if h["step"] < start]
     t0 = time.time()
     for step in range(start, total):
         rec = train_step(models, opt, joint, cfg, step, lam_fid, targets); rec["sec"] = round(time.time() - t0, 2); hist.append(rec)
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == total: save_checkpoint(ckdir / "ckpt.pt", models, opt, step + 1, hist)
+        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == total:
+            save_json(ckdir / "history.json", hist)
+            save_checkpoint(ckdir, step + 1, {f"{k}.{n}": t for k, v in models.items() for n, t in v.state_dict().items()}, opt,
+                            meta=dict(lam_fid=lam_fid, targets=targets), keep=1)
         if (step + 1) % max(1, total // 10) == 0:
             log(f"  step {step + 1}/{total}: loss {rec['loss']:.3f} cons {rec['cons']:.3f} fid {rec['fid']:.4f} kp {rec['kp']:.4f} peak {rec['peak']:.3f}")
     if start < total: log(f"  {total - start} steps in {time.time() - t0:.0f} s (resumed at {start})")

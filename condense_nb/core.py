@@ -11,10 +11,11 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['check_tensor', 'check_choice', 'check_int', 'check_number', 'cosine_schedule', 'preset_config', 'atomic_write_bytes',
-           'atomic_write_text', 'save_json', 'load_json', 'atomic_save_image', 'atomic_savefig', 'remove_temp_files',
-           'LockedError', 'lock_holder', 'FolderLock', 'st_bytes', 'seed_everything', 'get_device', 'dist_rank_world',
-           'all_sum', 'all_sum_grads', 'barrier', 'broadcast_']
+__all__ = ['CKPT_FORMAT', 'check_tensor', 'check_choice', 'check_int', 'check_number', 'cosine_schedule', 'preset_config',
+           'atomic_write_bytes', 'atomic_write_text', 'save_json', 'load_json', 'atomic_save_image', 'atomic_savefig',
+           'remove_temp_files', 'LockedError', 'lock_holder', 'FolderLock', 'st_bytes', 'optimizer_tensors',
+           'optimizer_state', 'save_checkpoint', 'read_checkpoint', 'load_checkpoint', 'seed_everything', 'get_device',
+           'dist_rank_world', 'all_sum', 'all_sum_grads', 'barrier', 'broadcast_']
 
 # %% ../nbs/00_core.ipynb #3d02e560
 def _fmt_shape(shape: Sequence) -> str:
@@ -224,6 +225,73 @@ def st_bytes(tensors: dict, metadata: dict | None = None) -> bytes:
     "The safetensors serialisation of `tensors` (made contiguous) with the string `metadata`."
     from safetensors.torch import save
     return save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+
+# %% ../nbs/00_core.ipynb #e1305842
+CKPT_FORMAT = "condense_nb.checkpoint/1"
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, str]:
+    "`opt`'s state as tensors named `optim.<param index>.<name>`, and its param groups as JSON."
+    sd = opt.state_dict()
+    tensors = {f"optim.{i}.{k}": (v if isinstance(v, torch.Tensor) else torch.tensor(v)).detach().cpu().contiguous()
+               for i, state in sd["state"].items() for k, v in state.items()}
+    return tensors, json.dumps(sd["param_groups"])
+
+def optimizer_state(tensors: dict, groups_json: str) -> dict:
+    "The inverse of `optimizer_tensors`: a state dict for `opt.load_state_dict`."
+    state = {}
+    for key, v in tensors.items():
+        _, i, name = key.split(".", 2)
+        state.setdefault(int(i), {})[name] = v
+    return dict(state=state, param_groups=json.loads(groups_json))
+
+def save_checkpoint(folder, step: int, tensors: dict, opt: torch.optim.Optimizer | None = None, meta: dict | None = None,
+                    keep: int = 2) -> Path:
+    "Write `tensors` (+ `opt`'s state, + JSON `meta`) as `folder/ckpt/step_XXXXXXX.safetensors`, then commit `folder/latest.json`; keep the newest `keep`."
+    import safetensors.torch as st
+    folder, name = Path(folder), f"ckpt/step_{check_int(step, 'step', 0):07d}.safetensors"
+    otensors, groups = optimizer_tensors(opt) if opt is not None else ({}, "null")
+    clash = sorted(k for k in tensors if k.startswith("optim."))
+    if clash: raise ValueError(f"tensors: names starting with 'optim.' are the optimizer's ({clash[:3]})")
+    md = dict(format=CKPT_FORMAT, step=str(step), meta=json.dumps(meta or {}), optim_groups=groups)
+    atomic_write_bytes(folder / name, st.save({**{k: v.detach().cpu().contiguous() for k, v in tensors.items()}, **otensors}, metadata=md))
+    save_json(folder / "latest.json", dict(format=CKPT_FORMAT, step=step, checkpoint=name, meta=meta or {}))
+    for old in sorted((folder / "ckpt").glob("step_*.safetensors"))[:-max(1, keep)]: old.unlink()
+    return folder / name
+
+def read_checkpoint(path, device=None) -> tuple[int, dict, dict, str]:
+    "(step, tensors, meta, optimizer groups JSON) of one checkpoint file; a `ValueError` naming it if it is not a readable one."
+    import safetensors.torch as st
+    from safetensors import safe_open
+    path = Path(path)
+    try:
+        with safe_open(str(path), "pt") as f: md = f.metadata() or {}
+        tensors = st.load_file(str(path), device=str(device or "cpu"))
+    except Exception as e: raise ValueError(f"{path}: unreadable ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    if md.get("format") != CKPT_FORMAT: raise ValueError(f"{path}: not a condense_nb checkpoint (format {md.get('format')!r})")
+    return int(md["step"]), tensors, json.loads(md["meta"]), md["optim_groups"]
+
+def load_checkpoint(folder, opt: torch.optim.Optimizer | None = None, device=None) -> tuple[int, dict, dict] | None:
+    "The newest readable checkpoint of `folder` — `latest.json`'s, else an older kept one (said on stdout): (step, tensors, meta), `opt` restored. None without `latest.json`."
+    folder = Path(folder)
+    if not (folder / "latest.json").exists(): return None
+    latest = load_json(folder / "latest.json")
+    if not isinstance(latest, dict) or latest.get("format") != CKPT_FORMAT or "checkpoint" not in latest:
+        raise ValueError(f"{folder / 'latest.json'}: not a {CKPT_FORMAT} run folder (written by an older condense-nb?); "
+                         f"remove {folder} to start from step 0")
+    first, step0 = folder / latest["checkpoint"], int(latest["step"])
+    older = [p for p in sorted((folder / "ckpt").glob("step_*.safetensors"), reverse=True)
+             if p != first and p.stem[5:].isdigit() and int(p.stem[5:]) < step0]
+    bad = []
+    for path in [first] + older:
+        try:
+            step, tensors, meta, groups = read_checkpoint(path, device)
+            if opt is not None: opt.load_state_dict(optimizer_state({k: v for k, v in tensors.items() if k.startswith("optim.")}, groups))
+        except Exception as e:
+            bad.append(f"checkpoint {path.name} ({type(e).__name__}: {' '.join(str(e).split())[:200]})"); continue
+        if bad: print(f"{folder}: could not restore {bad[0]}; resumed from the older kept checkpoint step {step} instead", flush=True)
+        return step, {k: v for k, v in tensors.items() if not k.startswith("optim.")}, meta
+    raise ValueError(f"{folder}: could not restore {'; nor '.join(bad)}, and no older kept checkpoint is readable; "
+                     f"remove {folder} to start from step 0")
 
 # %% ../nbs/00_core.ipynb #35e5a739
 def seed_everything(seed: int) -> None:

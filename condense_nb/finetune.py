@@ -12,13 +12,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .core import check_tensor, check_choice, atomic_write_bytes, preset_config
+from .core import check_tensor, check_choice, atomic_write_bytes, preset_config, save_checkpoint, load_checkpoint
 from .encoders import DenseEncoder
 from .lifting import FeatureGaussians, check_views
 
 # %% auto #0
-__all__ = ['FINETUNE_PRESETS', 'FINETUNE_FORMAT', 'COMBINE_MODES', 'render_targets', 'flip_batch', 'FinetuneConfig',
-           'trainable_copy', 'masked_l1', 'finetune', 'CombinedFeatures', 'combine']
+__all__ = ['FINETUNE_PRESETS', 'COMBINE_MODES', 'render_targets', 'flip_batch', 'FinetuneConfig', 'trainable_copy', 'masked_l1',
+           'finetune', 'CombinedFeatures', 'combine']
 
 # %% ../nbs/22_finetune.ipynb #ba877210
 def _image_size(view: dict, name: str) -> tuple[int, int]:
@@ -91,37 +91,22 @@ def trainable_copy(encoder: DenseEncoder) -> DenseEncoder:
     return enc.train()
 
 # %% ../nbs/22_finetune.ipynb #35daa104
-FINETUNE_FORMAT = "condense-nb-finetune/1"
+def _save_ckpt(ckpt_dir: Path, encoder: DenseEncoder, opt, step: int, cfg: FinetuneConfig, n_samples: int, history: list) -> None:
+    "Checkpoint the student and AdamW after `step` (`core.save_checkpoint`; the config, sample count and loss history as JSON meta)."
+    save_checkpoint(ckpt_dir, step, {f"model.{k}": v for k, v in encoder.model.state_dict().items()}, opt,
+                    meta=dict(config=json.loads(json.dumps(asdict(cfg))), n_samples=n_samples, history=history), keep=1)
 
-def _save_ckpt(path: Path, encoder: DenseEncoder, opt, step: int, cfg: FinetuneConfig, n_samples: int, history: list) -> None:
-    import safetensors.torch as st
-    sd = {f"model.{k}": v.detach().cpu().contiguous() for k, v in encoder.model.state_dict().items()}
-    for i, s in opt.state_dict()["state"].items():
-        for k, v in s.items(): sd[f"optim.{i}.{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
-    header = dict(format=FINETUNE_FORMAT, step=str(step), config=json.dumps(asdict(cfg)), n_samples=str(n_samples),
-                  history=json.dumps(history))
-    atomic_write_bytes(path, st.save(sd, metadata=header))
+def _load_ckpt(ckpt_dir: Path, encoder: DenseEncoder, opt, cfg: FinetuneConfig, n_samples: int) -> tuple[int, list]:
+    "Restore the newest readable checkpoint in `ckpt_dir` (`core.load_checkpoint`) after checking it was made with this config and data: (step, history)."
+    found = load_checkpoint(ckpt_dir, opt, next(encoder.parameters()).device)
+    if found is None: return 0, []
+    step, tensors, meta = found
+    if meta.get("config") != json.loads(json.dumps(asdict(cfg))) or meta.get("n_samples") != n_samples:
+        raise ValueError(f"{ckpt_dir}: made with another config or data (config {meta.get('config')}, {meta.get('n_samples')} samples); "
+                         "use a new ckpt_dir or the same settings")
+    encoder.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    return step, meta["history"]
 
-def _load_ckpt(path: Path, encoder: DenseEncoder, opt, cfg: FinetuneConfig, n_samples: int) -> tuple[int, list]:
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e: raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if header.get("format") != FINETUNE_FORMAT: raise ValueError(f"{path}: not a fine-tuning checkpoint (format {header.get('format')!r})")
-    if json.loads(header["config"]) != json.loads(json.dumps(asdict(cfg))) or int(header["n_samples"]) != n_samples:
-        raise ValueError(f"{path}: made with another config or data (config {header['config']}, {header['n_samples']} samples); "
-                         "use a new ckpt_path or the same settings")
-    encoder.model.load_state_dict({k[6:]: v for k, v in sd.items() if k.startswith("model.")}, strict=True)
-    state: dict = {}
-    for k, v in sd.items():
-        if k.startswith("optim."):
-            _, i, name = k.split(".", 2)
-            state.setdefault(int(i), {})[name] = v
-    osd = opt.state_dict(); osd["state"] = state
-    opt.load_state_dict(osd)
-    return int(header["step"]), json.loads(header["history"])
 
 # %% ../nbs/22_finetune.ipynb #79c4eefc
 def masked_l1(pred: Tensor, target: Tensor, weights: Tensor) -> Tensor:
@@ -142,7 +127,7 @@ def _check_scenes(scenes, dim: int) -> list:
     if len(sizes) > 1: raise ValueError(f"scenes: all views must have one image size, got {sorted(sizes)}")
     return out
 
-def finetune(encoder: DenseEncoder, scenes: list, cfg: FinetuneConfig, progress: bool = False, ckpt_path=None,
+def finetune(encoder: DenseEncoder, scenes: list, cfg: FinetuneConfig, progress: bool = False, ckpt_dir=None,
              stop_after: int | None = None, log: list | None = None) -> DenseEncoder:
     "FiT3D Stage 2: train all of `encoder` (a trainable copy of the teacher) on rendered targets; returns it."
     if not isinstance(encoder, DenseEncoder): raise ValueError(f"encoder: expected a DenseEncoder, got {type(encoder).__name__}")
@@ -156,8 +141,8 @@ def finetune(encoder: DenseEncoder, scenes: list, cfg: FinetuneConfig, progress:
     spe = math.ceil(n / B); total = spe * cfg.epochs
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, history = 0, []
-    ckpt_path = Path(ckpt_path) if ckpt_path is not None else None
-    if ckpt_path is not None and ckpt_path.exists(): step, history = _load_ckpt(ckpt_path, encoder, opt, cfg, n)
+    ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
+    if ckpt_dir is not None: step, history = _load_ckpt(ckpt_dir, encoder, opt, cfg, n)
     if log is not None: log.extend(history)
     dev = next(encoder.parameters()).device
     up, encoder.upsample = encoder.upsample, False
@@ -189,8 +174,8 @@ def finetune(encoder: DenseEncoder, scenes: list, cfg: FinetuneConfig, progress:
             history.append(rec)
             if log is not None: log.append(rec)
             if bar is not None: bar.update(1); bar.set_postfix(loss=f"{rec['loss']:.4f}")
-            if ckpt_path is not None and (step % cfg.ckpt_every == 0 or step == total or step == stop_after):
-                _save_ckpt(ckpt_path, encoder, opt, step, cfg, n, history)
+            if ckpt_dir is not None and (step % cfg.ckpt_every == 0 or step == total or step == stop_after):
+                _save_ckpt(ckpt_dir, encoder, opt, step, cfg, n, history)
     finally:
         encoder.upsample = up
         if bar is not None: bar.close()

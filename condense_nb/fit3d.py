@@ -127,17 +127,15 @@ def stage1(cfg: Fit3DConfig, root, teacher: DenseEncoder, teacher_src: str, teac
                 hists={sid: load_json(gdir / f"{sid}.history.json") for sid in scene_ids})
 
 # %% ../nbs/23_fit3d.ipynb #3cf21afe
-def _ckpt_step(ck: Path) -> int:
-    "Steps done according to the fine-tuning checkpoint's header (0 without one)."
-    if not ck.exists(): return 0
-    from safetensors import safe_open
-    with safe_open(str(ck), framework="pt") as f: return int((f.metadata() or {}).get("step", 0))
+def _ckpt_step(ckdir: Path) -> int:
+    "Steps done according to the fine-tuning checkpoints' commit pointer (0 without one)."
+    return int(load_json(ckdir / "latest.json")["step"]) if (ckdir / "latest.json").exists() else 0
 
 def stage2(cfg: Fit3DConfig, s1: dict, teacher: DenseEncoder, out: Path, dev) -> dict:
     "Fine-tune a copy of `teacher` on the renders of the lifted rooms for 2 epochs (resumable): the 1- and 2-epoch encoders, the loss per step, timings."
     fcfg, teacher_sha = cfg.finetune_config(), tensors_sha(teacher.model)
     fdir = out / "finetune"; fdir.mkdir(exist_ok=True)
-    ck, ep1_path, ep2_path = fdir / "ckpt.safetensors", out / "finetuned_1ep.safetensors", out / "finetuned_2ep.safetensors"
+    ck, ep1_path, ep2_path = fdir / "ckpt", out / "finetuned_1ep.safetensors", out / "finetuned_2ep.safetensors"
     spec = dict(teacher_sha=teacher_sha, gaussians={sid: tensors_sha(g) for sid, g in s1["gaussians"].items()},
                 config=json.loads(json.dumps(asdict(fcfg))))
     if (fdir / "spec.json").exists() and load_json(fdir / "spec.json") != spec:
@@ -153,10 +151,10 @@ def stage2(cfg: Fit3DConfig, s1: dict, teacher: DenseEncoder, out: Path, dev) ->
     student = trainable_copy(teacher)
     if not ep1_path.exists():
         if step0 > spe: raise ValueError(f"{ck}: is past epoch 1 (step {step0} > {spe}) but {ep1_path.name} is missing; delete {fdir} to start over")
-        finetune(student, scenes, fcfg, ckpt_path=ck, stop_after=spe)
+        finetune(student, scenes, fcfg, ckpt_dir=ck, stop_after=spe)
         save_encoder(student, ep1_path, dict(stage="fit3d", epochs=1, steps=spe, teacher_sha=teacher_sha))
     log: list = []
-    finetune(student, scenes, fcfg, ckpt_path=ck, log=log)
+    finetune(student, scenes, fcfg, ckpt_dir=ck, log=log)
     if not ep2_path.exists(): save_encoder(student, ep2_path, dict(stage="fit3d", epochs=2, steps=total, teacher_sha=teacher_sha))
     new_images = sum(batch_images(s) for s in range(step0, total))
     timing = dict(seconds=timing["seconds"] + (time.time() - t0 if new_images else 0.0), images=timing["images"] + new_images)

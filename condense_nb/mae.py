@@ -17,15 +17,15 @@ from torch import Tensor
 from timm.models.vision_transformer import Block
 from timm.layers import trunc_normal_
 from .core import (check_tensor, check_choice, check_int, check_number, cosine_schedule, atomic_write_bytes, save_json,
-                             load_json, preset_config)
+                             load_json, preset_config, save_checkpoint, load_checkpoint, read_checkpoint)
 from .pointops import group, gather_points, chamfer_distance, PointEmbed
 from .guidance import random_mask
 
 # %% auto #0
 __all__ = ['PRESETS', 'POOLS', 'MAEConfig', 'from_preset', 'Tokens', 'tokenize', 'gather_tokens', 'pos_mlp', 'vit_blocks',
            'run_blocks', 'MAEEncoder', 'PointMAE', 'token_targets', 'pool_tokens', 'global_feature', 'PointClassifier',
-           'param_groups', 'make_optimizer', 'lr_at', 'pretrain_step', 'save_checkpoint', 'load_checkpoint', 'load_mae',
-           'scale_translate', 'cloud_loader', 'pretrain', 'plot_reconstruction', 'reconstruction_clouds',
+           'param_groups', 'make_optimizer', 'lr_at', 'pretrain_step', 'save_mae_checkpoint', 'load_mae_checkpoint',
+           'load_mae', 'scale_translate', 'cloud_loader', 'pretrain', 'plot_reconstruction', 'reconstruction_clouds',
            'plot_reconstruction_3d']
 
 # %% ../nbs/33_mae.ipynb #132eea9f
@@ -347,75 +347,37 @@ def pretrain_step(model: PointMAE, opt: torch.optim.Optimizer, batch_points: Ten
 # %% ../nbs/33_mae.ipynb #f0064fae
 _RESUME_FREE = {"keep_ckpts", "num_threads"}
 
-def _optim_tensors(opt: torch.optim.Optimizer) -> tuple[dict, str]:
-    sd = opt.state_dict()
-    tensors = {f"optim.{i}.{k}": (v if isinstance(v, Tensor) else torch.tensor(v)).detach().cpu().contiguous()
-               for i, st in sd["state"].items() for k, v in st.items()}
-    return tensors, json.dumps(sd["param_groups"])
+def save_mae_checkpoint(out_dir, model: PointMAE, opt: torch.optim.Optimizer, cfg: MAEConfig, epoch: int, history: list) -> Path:
+    "Checkpoint `model` + `opt` after `epoch` (`core.save_checkpoint`: out_dir/ckpt/step_XXXXXXX.safetensors, then latest.json), the history to metrics.json."
+    save_json(Path(out_dir) / "metrics.json", history)
+    return save_checkpoint(out_dir, epoch, {f"model.{k}": v for k, v in model.state_dict().items()}, opt,
+                           meta=dict(config=asdict(cfg), model_config=asdict(model.cfg)), keep=cfg.keep_ckpts)
 
-def _optim_state(tensors: dict, groups_json: str) -> dict:
-    state = {}
-    for key, v in tensors.items():
-        _, i, name = key.split(".", 2)
-        state.setdefault(int(i), {})[name] = v
-    return dict(state=state, param_groups=json.loads(groups_json))
-
-def save_checkpoint(out_dir, model: PointMAE, opt: torch.optim.Optimizer, cfg: MAEConfig, epoch: int, history: list) -> Path:
-    "Write model + optimizer of `epoch` to out_dir/ckpt/epoch_XXXX.safetensors atomically, then commit latest.json."
-    import safetensors.torch as st
-    out = Path(out_dir); name = f"ckpt/epoch_{epoch:04d}.safetensors"
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    otensors, groups = _optim_tensors(opt)
-    meta = dict(format="condense_nb.mae/1", epoch=str(epoch), config=json.dumps(asdict(cfg)),
-                model_config=json.dumps(asdict(model.cfg)), optim_groups=groups)
-    atomic_write_bytes(out / name, st.save({**tensors, **otensors}, metadata=meta))
-    save_json(out / "metrics.json", history)
-    save_json(out / "latest.json", dict(epoch=epoch, checkpoint=name, config=asdict(cfg)))
-    for old in sorted((out / "ckpt").glob("epoch_*.safetensors"))[:-cfg.keep_ckpts]: old.unlink()
-    return out / name
-
-def _read_checkpoint(path) -> tuple[dict, dict]:
-    import safetensors.torch as st
-    from safetensors import safe_open
-    path = Path(path)
-    if not path.exists(): raise ValueError(f"{path}: checkpoint not found")
-    try:
-        with safe_open(str(path), "pt") as f: meta = f.metadata() or {}
-        tensors = st.load_file(str(path))
-    except Exception as e: raise ValueError(f"{path}: unreadable safetensors file ({type(e).__name__}: {e})") from None
-    if meta.get("format") != "condense_nb.mae/1": raise ValueError(f"{path}: not a condense_nb.mae checkpoint (metadata format={meta.get('format')!r})")
-    return meta, tensors
-
-def _checkpoint_path(path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        latest = load_json(path / "latest.json")
-        if "checkpoint" not in latest: raise ValueError(f"{path / 'latest.json'}: missing the 'checkpoint' entry")
-        path = path / latest["checkpoint"]
-    return path
-
-def load_checkpoint(out_dir, model: PointMAE, opt: torch.optim.Optimizer, cfg: MAEConfig) -> tuple[int, list]:
-    "Restore the epoch committed in out_dir/latest.json into `model` and `opt`; returns (epoch, history), (0, []) if none."
+def load_mae_checkpoint(out_dir, model: PointMAE, opt: torch.optim.Optimizer, cfg: MAEConfig) -> tuple[int, list]:
+    "Restore the newest readable checkpoint of `out_dir` into `model` and `opt` (`core.load_checkpoint`); (epoch, history), (0, []) if none."
     out = Path(out_dir)
-    if not (out / "latest.json").exists(): return 0, []
-    meta, tensors = _read_checkpoint(_checkpoint_path(out))
-    saved, now = json.loads(meta["config"]), asdict(cfg)
+    found = load_checkpoint(out, opt, next(model.parameters()).device)
+    if found is None: return 0, []
+    epoch, tensors, meta = found
+    saved, now = json.loads(json.dumps(meta["config"])), json.loads(json.dumps(asdict(cfg)))
     diff = sorted(k for k in set(saved) | set(now) if k not in _RESUME_FREE and saved.get(k) != now.get(k))
     if diff: raise ValueError(f"{out}: the checkpoint was trained with another config ({ {k: (saved.get(k), now.get(k)) for k in diff} }, "
                               "saved vs now); use a new out_dir")
-    dev = next(model.parameters()).device
-    try:
-        model.load_state_dict({k[6:]: v.to(dev) for k, v in tensors.items() if k.startswith("model.")})
-        opt.load_state_dict(_optim_state({k: v for k, v in tensors.items() if k.startswith("optim.")}, meta["optim_groups"]))
-    except Exception as e: raise ValueError(f"{out}: could not restore epoch {meta['epoch']} ({type(e).__name__}: {e})") from None
-    epoch = int(meta["epoch"])
+    try: model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    except Exception as e: raise ValueError(f"{out}: could not restore epoch {epoch} ({type(e).__name__}: {e})") from None
     hist = load_json(out / "metrics.json") if (out / "metrics.json").exists() else []
     return epoch, [h for h in hist if h["epoch"] < epoch]
 
 def load_mae(path, device=None) -> PointMAE:
-    "A PointMAE rebuilt from a checkpoint file or a run folder (its latest.json), in eval mode."
-    meta, tensors = _read_checkpoint(_checkpoint_path(path))
-    model = PointMAE(MAEConfig(**json.loads(meta["model_config"])))
+    "A PointMAE rebuilt from a checkpoint file or a run folder (its newest readable checkpoint), in eval mode."
+    path = Path(path)
+    if path.is_dir():
+        found = load_checkpoint(path)
+        if found is None: raise ValueError(f"{path}: no checkpoint here (no latest.json)")
+        _, tensors, meta = found
+    elif path.exists(): _, tensors, meta, _ = read_checkpoint(path)
+    else: raise ValueError(f"{path}: checkpoint not found")
+    model = PointMAE(MAEConfig(**meta["model_config"]))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     return model.to(device or "cpu").eval()
 
@@ -459,7 +421,7 @@ def pretrain(model: PointMAE, loader_fn: Callable[[int], Iterable], cfg: MAEConf
     if arch: raise ValueError(f"cfg: differs from the model's config in architecture fields {arch}")
     out, dev = Path(out_dir), next(model.parameters()).device
     opt = make_optimizer(model, cfg)
-    start, history = load_checkpoint(out, model, opt, cfg)
+    start, history = load_mae_checkpoint(out, model, opt, cfg)
     save_json(out / "config.json", asdict(cfg))
     stop = cfg.epochs if stop_at is None else min(cfg.epochs, stop_at)
     threads = torch.get_num_threads()
@@ -494,7 +456,7 @@ def _epochs(model, opt, loader_fn, cfg, out, dev, start, stop, history, progress
         history.append(dict(epoch=epoch, loss=mean("loss"), loss_3d=mean("loss_3d"), loss_2d=mean("loss_2d"),
                             lr=recs[-1]["lr"], steps=len(recs), seconds=dt, samples_per_s=samples / dt,
                             losses=[r["loss"] for r in recs]))
-        save_checkpoint(out, model, opt, cfg, epoch + 1, history)
+        save_mae_checkpoint(out, model, opt, cfg, epoch + 1, history)
         if bar is not None: bar.update(1); bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
     if bar is not None: bar.close()
 

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from .core import (atomic_write_bytes, save_json, load_json, check_choice, seed_everything, get_device, preset_config,
-                             cosine_schedule, dist_rank_world, all_sum, all_sum_grads, broadcast_, barrier)
+                             cosine_schedule, dist_rank_world, all_sum, all_sum_grads, broadcast_, barrier, save_checkpoint,
+                             load_checkpoint, CKPT_FORMAT)
 from .encoders import DenseEncoder, save_encoder
 
 # %% auto #0
@@ -19,8 +20,9 @@ __all__ = ['PRESETS', 'TeacherConfig', 'from_preset', 'crop_boxes', 'apply_crops
            'random_grayscale', 'gaussian_blur', 'solarize', 'channel_permute', 'multi_crop', 'toy_images', 'DinoHead',
            'DinoNet', 'vit_tokens', 'random_patch_masks', 'softmax_ce', 'dino_loss', 'ibot_loss', 'update_center',
            'token_grid', 'dense_loss', 'sinkhorn_knopp', 'ema_update', 'param_groups', 'schedules', 'DinoState',
-           'autocast_bf16', 'train_step', 'as_image_dataset', 'batch_indices', 'save_checkpoint', 'load_checkpoint',
-           'teacher_encoder', 'train_teacher', 'rank_block', 'take_block', 'training_images', 'run', 'install_shipped']
+           'autocast_bf16', 'train_step', 'as_image_dataset', 'batch_indices', 'save_teacher_checkpoint',
+           'load_teacher_checkpoint', 'teacher_encoder', 'train_teacher', 'rank_block', 'take_block', 'training_images',
+           'run', 'install_shipped']
 
 # %% ../nbs/12_teacher.ipynb #f1b2bb2a
 @dataclass
@@ -535,56 +537,28 @@ _ABSENT_MEANS = dict(data="train", native_zoom=None, channel_perm_p=0.0, dino_we
 def _cfg_json(cfg: TeacherConfig) -> dict:
     return json.loads(json.dumps(asdict(cfg)))          # tuples -> lists, as stored
 
-def save_checkpoint(out_dir, state: DinoState, opt, cfg: TeacherConfig, step: int, history: list) -> Path:
-    "Write networks (safetensors) + optimizer (torch.save) atomically, then commit `latest.json`; prune old ones."
-    import safetensors.torch as st
-    out, ck = Path(out_dir), Path(out_dir) / "ckpt"
-    wname, oname = f"step_{step:07d}.safetensors", f"step_{step:07d}.optim.pt"
-    sd = {k: v.detach().cpu().contiguous() for k, v in state.state_dict().items()}
-    atomic_write_bytes(ck / wname, st.save(sd, metadata=dict(step=str(step))))
-    buf = io.BytesIO(); torch.save(opt.state_dict(), buf); atomic_write_bytes(ck / oname, buf.getvalue())
-    save_json(out / "metrics.json", history)
-    save_json(out / "latest.json", dict(step=step, weights=f"ckpt/{wname}", optimizer=f"ckpt/{oname}", config=_cfg_json(cfg)))
-    keep = sorted(ck.glob("step_*.safetensors"))[-max(1, cfg.keep_ckpts):]
-    for f in ck.glob("step_*"):
-        if f.name.split(".")[0] not in {k.name.split(".")[0] for k in keep}: f.unlink()
-    return out / "latest.json"
+def save_teacher_checkpoint(out_dir, state: DinoState, opt, cfg: TeacherConfig, step: int, history: list) -> Path:
+    "Checkpoint the networks, centres and optimizer after `step` (`core.save_checkpoint`: ckpt/step_XXXXXXX.safetensors, then latest.json); the history to metrics.json."
+    save_json(Path(out_dir) / "metrics.json", history)
+    return save_checkpoint(out_dir, step, state.state_dict(), opt, meta=dict(config=_cfg_json(cfg)), keep=cfg.keep_ckpts)
 
-def _older_steps(out: Path, latest: int) -> list[int]:
-    "Steps below `latest` that have both files of a kept checkpoint in `out/ckpt/`, newest first."
-    ck, steps = out / "ckpt", set()
-    for f in ck.glob("step_*.safetensors"):
-        s = f.name.split(".")[0][len("step_"):]
-        if s.isdigit() and int(s) < latest and (ck / f"step_{s}.optim.pt").exists(): steps.add(int(s))
-    return sorted(steps, reverse=True)
-
-def load_checkpoint(out_dir, state: DinoState, opt, cfg: TeacherConfig) -> tuple[int, list]:
-    "Restore the state committed in `out_dir/latest.json`, or the newest readable older kept checkpoint if that one is damaged (saying so); returns (step, history). Step 0 if there is none."
-    import safetensors.torch as st
+def load_teacher_checkpoint(out_dir, state: DinoState, opt, cfg: TeacherConfig) -> tuple[int, list]:
+    "Restore the newest readable checkpoint of `out_dir` (`core.load_checkpoint`: a damaged newest one falls back to an older kept one, saying so) after checking its recipe; (step, history), step 0 if there is none."
     out = Path(out_dir)
     if not (out / "latest.json").exists(): return 0, []
-    meta = load_json(out / "latest.json")
-    saved, now = {**_ABSENT_MEANS, **meta.get("config", {})}, _cfg_json(cfg)
+    latest = load_json(out / "latest.json")
+    saved = {**_ABSENT_MEANS, **((latest.get("meta") or {}).get("config", {}) if isinstance(latest, dict) else {})}
+    now = _cfg_json(cfg)
     diff = sorted(k for k in set(saved) | set(now) if k not in _RESUME_FREE and saved.get(k) != now.get(k))
-    if diff:
+    if isinstance(latest, dict) and latest.get("format") == CKPT_FORMAT and diff:
         raise ValueError(f"{out / 'latest.json'}: the checkpoint was trained with another config (fields {diff}: "
                          f"{ {k: saved.get(k) for k in diff} } vs { {k: now.get(k) for k in diff} }); use a new out_dir")
-    dev, latest = state.center.device, int(meta["step"])
-    tries = [(latest, out / meta["weights"], out / meta["optimizer"])] + \
-            [(s, out / "ckpt" / f"step_{s:07d}.safetensors", out / "ckpt" / f"step_{s:07d}.optim.pt") for s in _older_steps(out, latest)]
-    bad = []
-    for step, wfile, ofile in tries:
-        try:
-            weights = st.load_file(wfile, device=str(dev))
-            optim = torch.load(ofile, map_location=dev, weights_only=True)
-            state.load_state_dict(weights); opt.load_state_dict(optim)
-        except Exception as e:
-            bad.append(f"checkpoint step {step} ({type(e).__name__}: {' '.join(str(e).split())[:200]})"); continue
-        if bad: print(f"{out}: could not restore {bad[0]}; resumed from the older kept checkpoint step {step} instead", flush=True)
-        hist = load_json(out / "metrics.json") if (out / "metrics.json").exists() else []
-        return step, [h for h in hist if h["step"] < step]
-    raise ValueError(f"{out}: could not restore {'; nor '.join(bad)}, and no older kept checkpoint is readable; "
-                     f"remove {out} to train from step 0")
+    step, tensors, _ = load_checkpoint(out, opt, state.center.device)
+    try: state.load_state_dict(tensors)
+    except Exception as e: raise ValueError(f"{out}: could not restore checkpoint step {step} ({type(e).__name__}: {e}); remove {out} to train from step 0") from None
+    hist = load_json(out / "metrics.json") if (out / "metrics.json").exists() else []
+    return step, [h for h in hist if h["step"] < step]
+
 
 # %% ../nbs/12_teacher.ipynb #da38dca0
 def teacher_encoder(state: DinoState, cfg: TeacherConfig) -> DenseEncoder:
@@ -605,7 +579,7 @@ def train_teacher(images_or_dataset, cfg: TeacherConfig, out_dir, progress: bool
         seed_everything(cfg.seed)
         state = DinoState(cfg).to(dev)
         opt = torch.optim.AdamW(param_groups(state.student), lr=cfg.lr)
-        start, history = load_checkpoint(out, state, opt, cfg)
+        start, history = load_teacher_checkpoint(out, state, opt, cfg)
         broadcast_(state.state_dict().values())                      # every process starts from rank 0's state
         if rank == 0: save_json(out / "config.json", _cfg_json(cfg))
         stop = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
@@ -631,7 +605,7 @@ def _train_loop(ds, state, opt, cfg, out, start, stop, history, progress, save=T
         if bar is not None:
             bar.update(1)
             if step % cfg.log_every == 0: bar.set_postfix(loss=f"{rec['loss']:.3f}", dino=f"{rec['dino']:.3f}", ibot=f"{rec['ibot']:.3f}")
-        if save and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == stop): save_checkpoint(out, state, opt, cfg, step + 1, history)
+        if save and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == stop): save_teacher_checkpoint(out, state, opt, cfg, step + 1, history)
     if bar is not None: bar.close()
 
 # %% ../nbs/12_teacher.ipynb #da50e8a3

@@ -83,9 +83,11 @@ def test_resume_is_bit_identical(setup):
 
 def test_damaged_checkpoint_names_the_file(setup):
     tmp, teacher, cfg, _, joint = setup
-    d = tmp / "damaged"; d.mkdir(); (d / "ckpt.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match=r"ckpt\.pt: could not read this ConDense checkpoint"):
-        train_joint(teacher, joint, cfg, 1.0, 2, d, log=lambda s: None)
+    d = tmp / "damaged"
+    train_joint(teacher, joint, cfg, 1.0, 2, d, log=lambda s: None)
+    for f in (d / "ckpt").glob("step_*.safetensors"): f.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"could not restore checkpoint step_0000002\.safetensors .*remove .*damaged to start from step 0"):
+        train_joint(teacher, joint, cfg, 1.0, 4, d, log=lambda s: None)
 
 
 def test_pretrain_chooses_on_val_breaks_ties_up_and_caches(setup, monkeypatch):

@@ -117,20 +117,20 @@ def test_finetune_resume_equals_uninterrupted(tmp_path):
     teacher, scenes = tiny_vit(), _scenes(8)
     cfg = FinetuneConfig.from_preset("tiny", epochs=2, ckpt_every=2, lr=1e-3)         # 6 samples, batch 2: 6 steps
     log_a = []
-    a = finetune(trainable_copy(teacher), scenes, cfg, ckpt_path=tmp_path / "a.safetensors", log=log_a)
+    a = finetune(trainable_copy(teacher), scenes, cfg, ckpt_dir=tmp_path / "a", log=log_a)
     log_b1 = []
-    b = finetune(trainable_copy(teacher), scenes, cfg, ckpt_path=tmp_path / "b.safetensors", stop_after=3, log=log_b1)
+    b = finetune(trainable_copy(teacher), scenes, cfg, ckpt_dir=tmp_path / "b", stop_after=3, log=log_b1)
     assert len(log_b1) == 3
     log_b = []
-    b = finetune(trainable_copy(teacher), scenes, cfg, ckpt_path=tmp_path / "b.safetensors", log=log_b)   # a fresh process would do this
+    b = finetune(trainable_copy(teacher), scenes, cfg, ckpt_dir=tmp_path / "b", log=log_b)   # a fresh process would do this
     assert [r["step"] for r in log_a] == list(range(1, 7)) and log_b == log_a
     for (k, va), (_, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
         torch.testing.assert_close(va, vb, rtol=0, atol=1e-7, msg=k)
     # a finished run resumes to the same weights without training further
-    c = finetune(trainable_copy(teacher), scenes, cfg, ckpt_path=tmp_path / "a.safetensors")
+    c = finetune(trainable_copy(teacher), scenes, cfg, ckpt_dir=tmp_path / "a")
     assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), c.model.state_dict().values()))
     with pytest.raises(ValueError, match="another config"):
-        finetune(trainable_copy(teacher), scenes, FinetuneConfig.from_preset("tiny", epochs=2, lr=2e-3), ckpt_path=tmp_path / "a.safetensors")
+        finetune(trainable_copy(teacher), scenes, FinetuneConfig.from_preset("tiny", epochs=2, lr=2e-3), ckpt_dir=tmp_path / "a")
 
 
 def test_finetune_trains_every_parameter_and_lowers_the_loss():

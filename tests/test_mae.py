@@ -248,7 +248,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     torch.manual_seed(0); b = PointMAE(cfg)
     with pytest.raises(KeyboardInterrupt):
         pretrain(b, lambda e: loader(e, fail_at=(2, 0)), cfg, tmp_path / "b", progress=False)
-    assert json.loads((tmp_path / "b" / "latest.json").read_text())["epoch"] == 2
+    assert json.loads((tmp_path / "b" / "latest.json").read_text())["step"] == 2
     torch.manual_seed(123); b2 = PointMAE(cfg)                      # a fresh process would start from another init
     hist_b = pretrain(b2, loader, cfg, tmp_path / "b", progress=False)
     assert _state_equal(a.state_dict(), b2.state_dict())
@@ -256,13 +256,13 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert strip(hist_a) == strip(hist_b) and len(hist_a) == 3 and hist_a[0]["loss_2d"] is not None
     # the optimizer state was restored too: one more identical step on both keeps them identical
     oa, ob = make_optimizer(a, cfg), make_optimizer(b2, cfg)
-    from condense_nb.mae import load_checkpoint
-    load_checkpoint(tmp_path / "a", a, oa, cfg); load_checkpoint(tmp_path / "b", b2, ob, cfg)
+    from condense_nb.mae import load_mae_checkpoint
+    load_mae_checkpoint(tmp_path / "a", a, oa, cfg); load_mae_checkpoint(tmp_path / "b", b2, ob, cfg)
     assert oa.state_dict()["state"].keys() == ob.state_dict()["state"].keys()
     for i, s in oa.state_dict()["state"].items():
         assert all(torch.equal(s[k], ob.state_dict()["state"][i][k]) for k in s)
     # kept checkpoints: the last two; load_mae rebuilds the model
-    assert sorted(p.name for p in (tmp_path / "a" / "ckpt").iterdir()) == ["epoch_0002.safetensors", "epoch_0003.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "a" / "ckpt").iterdir()) == ["step_0000002.safetensors", "step_0000003.safetensors"]
     c = load_mae(tmp_path / "a")
     a.eval()
     with torch.no_grad(): assert torch.equal(c.encode(clouds[:2])[0], a.encode(clouds[:2])[0])
@@ -278,10 +278,11 @@ def test_checkpoint_errors(tmp_path):
     pretrain(_model(), cloud_loader(clouds, 8), from_preset("tiny", epochs=1, keep_ckpts=5), tmp_path / "r", progress=False)  # bookkeeping may change
     with pytest.raises(ValueError, match="architecture fields"):
         pretrain(_model(), cloud_loader(clouds, 8), from_preset("tiny", dim=32), tmp_path / "s", progress=False)
-    ck = tmp_path / "r" / "ckpt" / "epoch_0001.safetensors"
-    ck.write_bytes(b"not a safetensors file")
-    with pytest.raises(ValueError, match="unreadable safetensors"):
+    for ck in (tmp_path / "r" / "ckpt").glob("step_*.safetensors"): ck.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="could not restore checkpoint step_0000001.safetensors .*unreadable"):
         load_mae(tmp_path / "r")
+    with pytest.raises(ValueError, match="unreadable"):
+        load_mae(tmp_path / "r" / "ckpt" / "step_0000001.safetensors")
     with pytest.raises(ValueError, match="nothing: checkpoint not found"):
         load_mae(tmp_path / "nothing")
     with pytest.raises(ValueError, match="yielded no batches"):

@@ -69,14 +69,14 @@ def test_condense_pipeline_writes_artifacts(tiny_run):
     assert set(m["probes_positional"]) == set(m["probes"]) and "bias per token position" in report
     od = m["seg3d_oracle_diagnostic"]                                # the oracle-target diagnostic ran, fine-tuned and frozen
     assert od["at_labels"] == 0.1 and all(len(od[k]["per_seed"]) == 3 and all(0 <= x <= 1 for x in od[k]["per_seed"]) for k in ("fine-tuned", "frozen"))
-    assert "Oracle check (a diagnostic" in report and (out / "pretrain" / "oracle" / "ckpt.pt").exists()
+    assert "Oracle check (a diagnostic" in report and (out / "pretrain" / "oracle" / "latest.json").exists()
     for fig in ("training.png", "queries.png", "keypoints.png", "pca.png", "duplicates.png", "seg_curves.png"):
         assert (out / fig).stat().st_size > 1000 and f"]({fig})" in report
     # artifacts others can load: the ConDense 2D encoder and the 3D encoder
     from condense_nb.encoders import load_encoder
     enc = load_encoder(out / "condense2d.safetensors")
     assert enc.embed_dim == 48 and enc.patch_size == 8
-    assert (out / "encoder3d.safetensors").stat().st_size > 1000 and (out / "pretrain" / f"fid{m['lam_fid']:g}" / "ckpt.pt").exists()
+    assert (out / "encoder3d.safetensors").stat().st_size > 1000 and (out / "pretrain" / f"fid{m['lam_fid']:g}" / "latest.json").exists()
     assert all(math.isfinite(x) for x in m["final_losses"].values() if isinstance(x, float))
 
 
@@ -85,7 +85,7 @@ def test_condense_pipeline_writes_artifacts(tiny_run):
 def test_condense_pipeline_rerun_resumes(tiny_run):
     tmp_path, out, teacher = tiny_run
     before = json.loads((out / "metrics.json").read_text())
-    stamps = {p: p.stat().st_mtime for p in [*(out / "pretrain").rglob("ckpt.pt"), *(out / "seg").glob("*.json"), out / "sweep.json"]}
+    stamps = {p: p.stat().st_mtime for p in [*(out / "pretrain").rglob("step_*.safetensors"), *(out / "seg").glob("*.json"), out / "sweep.json"]}
     run_pipeline(tmp_path, out, teacher)
     after = json.loads((out / "metrics.json").read_text())
     assert {p: p.stat().st_mtime for p in stamps} == stamps          # no checkpoint or fine-tuning run was redone

@@ -59,7 +59,7 @@ def test_artifacts(fit3d):
     rooms = RoomScenes(root, "train").scene_ids
     for sid in rooms: assert (out/"gaussians"/f"{sid}.safetensors").is_file(), sid
     for f in ("report.md", "metrics.json", "stage1.png", "training.png", "pca_views.png", "finetuned_1ep.safetensors",
-              "finetuned_2ep.safetensors", "finetune/ckpt.safetensors", "lift_stage1.py"):
+              "finetuned_2ep.safetensors", "finetune/ckpt/latest.json", "lift_stage1.py"):
         assert (out/f).is_file(), f
     report = (out/"report.md").read_text()
     for v in VARIANTS: assert f"| {v} |" in report, v
@@ -171,12 +171,12 @@ def test_torchrun_shards_and_rerun_resumes(fit3d):
     for f in gone:
         for k, v in load_gaussians(f).state_dict().items(): assert torch.equal(v, before[f.name][k]), (f.name, k)
     mtimes = {f: f.stat().st_mtime_ns for f in g.glob("*.safetensors")}
-    ck = (out/"finetune"/"ckpt.safetensors").stat().st_mtime_ns
+    ck = (out/"finetune"/"ckpt"/"latest.json").stat().st_mtime_ns
     run_pipeline(tmp, out, overrides=json.dumps(dict(OVERRIDES, seeds=[0])))
     m = json.loads((out/"metrics.json").read_text())
     assert m["lift"]["lifted_this_run"] == [] and m["finetune"]["steps_this_run"] == 0
     assert {f: f.stat().st_mtime_ns for f in g.glob("*.safetensors")} == mtimes
-    assert (out/"finetune"/"ckpt.safetensors").stat().st_mtime_ns == ck
+    assert (out/"finetune"/"ckpt"/"latest.json").stat().st_mtime_ns == ck
     assert m["finetune"]["images_per_s"] > 0                              # kept from the first run's timing
     report = (out/"report.md").read_text()
     for v in VARIANTS: assert f"| {v} |" in report, v

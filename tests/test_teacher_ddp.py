@@ -37,7 +37,8 @@ def torchrun(script: Path, over: dict, out: Path, stop: int):
 
 def state_of(out: Path) -> dict:
     latest = json.loads((out / "latest.json").read_text())
-    return st.load_file(out / latest["weights"]), latest["step"], json.loads((out / "metrics.json").read_text())
+    weights = {k: v for k, v in st.load_file(out / latest["checkpoint"]).items() if not k.startswith("optim.")}
+    return weights, latest["step"], json.loads((out / "metrics.json").read_text())
 
 
 @pytest.mark.parametrize("name", list(RECIPES))
