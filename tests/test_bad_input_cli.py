@@ -102,6 +102,28 @@ def test_every_pipeline_declares_threads():
         assert "threads" in pm.inspect_notebook(str(cli.find_pipelines_dir()/nb)), stage
 
 
+@pytest.mark.parametrize("arg, says", [("teacher.steps=10", "has no parameter 'steps'"), ("teacher.shipped=maybe", "expected true/false"),
+                                       ("teacher.out_dir=/x", "is set by reproduce itself"), ("probes.threads=1", "stage 'probes' is not selected"),
+                                       ("teacher=1", "expected STAGE.KEY=VALUE"), ("nope.x=1", "unknown stage 'nope'")])
+def test_set_arguments_are_checked_before_any_kernel(tmp_path, capsys, arg, says):
+    "`reproduce --set` is checked against the typed parameters cell of the stage's notebook: one line, exit code 2."
+    assert cli.main(["reproduce", "--preset", "tiny", "--only", "teacher", "--root", str(tmp_path/"data"), "--runs", str(tmp_path/"runs"),
+                     "--set", arg]) == 2
+    one_line_error(capsys.readouterr().err, "--set", says)
+    assert not (tmp_path/"runs"/"tiny"/"teacher").exists()
+
+
+def test_every_pipeline_parameter_is_typed():
+    "Each pipeline's parameters cell types every parameter (`preset: str = \"tiny\"`), so `--set` can check values."
+    import ast
+    for stage, nb in cli.PIPELINES:
+        cells = json.loads((cli.find_pipelines_dir()/nb).read_text())["cells"]
+        src = next("".join(c["source"]) for c in cells if "parameters" in c["metadata"].get("tags", []))
+        untyped = [n.targets[0].id for n in ast.parse(src).body if isinstance(n, ast.Assign)]
+        assert not untyped, (stage, untyped)
+        assert set(cli.notebook_parameters(cli.find_pipelines_dir()/nb)) >= {"preset", "data_root", "out_dir", "threads"}, stage
+
+
 @pytest.mark.parametrize("sub", ["", "sub"])
 def test_runs_is_a_file(tmp_path, capsys, sub):
     f = tmp_path/"afile"; f.write_text("x")
