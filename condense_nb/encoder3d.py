@@ -25,9 +25,10 @@ def check_resolution(resolution) -> tuple[int, int, int]:
     r = (resolution,) * 3 if isinstance(resolution, int) else resolution
     try: r = tuple(r)
     except TypeError: r = ()
-    if len(r) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in r):
-        raise ValueError(f"resolution: expected a positive int or a (D, H, W) triple of positive ints, got {resolution!r}")
-    return r
+    try:
+        if len(r) != 3: raise ValueError
+        return tuple(check_int(v, "resolution") for v in r)
+    except ValueError: raise ValueError(f"resolution: expected a positive int or a (D, H, W) triple of positive ints, got {resolution!r}") from None
 
 def voxel_index(points: Tensor, aabb: Tensor, resolution) -> tuple[Tensor, Tensor]:  # points [N, 3], aabb [2, 3] -> flat [N], inside [N]
     "Flat voxel index k*H*W + j*W + i of each point, and whether it lies in the grid (flat is 0 where it does not)."
