@@ -454,7 +454,7 @@ def stage_settings(texts: Sequence[str], registry: Sequence[tuple[str, str]], se
         lhs, eq, value = str(text).partition("=")
         stage, dot, key = lhs.strip().partition(".")
         if not eq or not dot or not stage or not key:
-            raise UsageError(f"--set: expected STAGE.KEY=VALUE (e.g. fit3d.finetune_lr=5e-5), got {text!r}")
+            raise UsageError(f"--set: expected STAGE.KEY=VALUE (e.g. teacher.shipped=true), got {text!r}")
         if stage not in nbs: raise UsageError(f"--set {lhs.strip()}: unknown stage {stage!r}; expected one of {list(nbs)}")
         if stage not in selected: raise UsageError(f"--set {lhs.strip()}: stage {stage!r} is not selected (--only)")
         if key in _RESERVED: raise UsageError(f"--set {lhs.strip()}: {key} is set by reproduce itself (--preset, --root, --runs, --threads)")
@@ -744,8 +744,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--only", default=None, metavar="STAGES", help="comma-separated stages to run, e.g. data,probes")
     r.add_argument("--force", action="store_true", help="rerun the selected stages even if they are up to date")
     r.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
-                   help="a parameter of a selected stage's notebook, repeatable, e.g. --set fit3d.finetune_lr=5e-5; "
-                        "recorded in its DONE.json, so a changed value reruns the stage")
+                   help="a parameter of a selected stage's notebook, repeatable, e.g. --set teacher.shipped=true or "
+                        "--set 'fit3d.overrides={\"lift_rooms\": 10}'; recorded in its DONE.json, so a changed value reruns the stage")
     r.add_argument("--threads", type=_threads_arg, default=None, metavar="N",
                    help=f"torch CPU threads for every stage, 1..{cpus} (default: each pipeline's own: 1, torch's for data)")
     r.set_defaults(func=_cmd_reproduce)
