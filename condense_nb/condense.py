@@ -6,7 +6,7 @@ fine-tuning a 3D segmentation head on the pre-trained backbone."""
 
 # %% ../nbs/45_condense.ipynb #33689ba3
 from __future__ import annotations
-import copy, io, time
+import copy, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Callable, NamedTuple

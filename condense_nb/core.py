@@ -14,8 +14,8 @@ import torch
 __all__ = ['CKPT_FORMAT', 'check_tensor', 'check_choice', 'check_int', 'check_number', 'cosine_schedule', 'preset_config',
            'atomic_write_bytes', 'atomic_write_text', 'save_json', 'load_json', 'atomic_save_image', 'atomic_savefig',
            'remove_temp_files', 'LockedError', 'lock_holder', 'FolderLock', 'st_bytes', 'optimizer_tensors',
-           'optimizer_state', 'save_checkpoint', 'read_checkpoint', 'load_checkpoint', 'seed_everything', 'get_device',
-           'dist_rank_world', 'all_sum', 'all_sum_grads', 'barrier', 'broadcast_']
+           'optimizer_state', 'save_checkpoint', 'read_checkpoint', 'check_resume_config', 'load_checkpoint',
+           'seed_everything', 'get_device', 'dist_rank_world', 'all_sum', 'all_sum_grads', 'barrier', 'broadcast_']
 
 # %% ../nbs/00_core.ipynb #3d02e560
 def _fmt_shape(shape: Sequence) -> str:
@@ -269,6 +269,12 @@ def read_checkpoint(path, device=None) -> tuple[int, dict, dict, str]:
     except Exception as e: raise ValueError(f"{path}: unreadable ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     if md.get("format") != CKPT_FORMAT: raise ValueError(f"{path}: not a condense_nb checkpoint (format {md.get('format')!r})")
     return int(md["step"]), tensors, json.loads(md["meta"]), md["optim_groups"]
+
+def check_resume_config(where, saved: dict, now: dict, free=()) -> None:
+    "Refuse to resume a run whose checkpoint was trained with another config: a `ValueError` naming `where` and the fields (other than the bookkeeping ones in `free`) that differ."
+    diff = sorted(k for k in set(saved) | set(now) if k not in free and saved.get(k) != now.get(k))
+    if diff: raise ValueError(f"{where}: the checkpoint was trained with another config (fields {diff}: "
+                              f"{ {k: saved.get(k) for k in diff} } vs { {k: now.get(k) for k in diff} }); use a new out_dir")
 
 def load_checkpoint(folder, opt: torch.optim.Optimizer | None = None, device=None) -> tuple[int, dict, dict] | None:
     "The newest readable checkpoint of `folder` — `latest.json`'s, else an older kept one (said on stdout): (step, tensors, meta), `opt` restored. None without `latest.json`."

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .core import check_tensor, check_choice, atomic_write_bytes, preset_config, save_checkpoint, load_checkpoint
+from .core import check_tensor, check_choice, preset_config, save_checkpoint, load_checkpoint
 from .encoders import DenseEncoder
 from .lifting import FeatureGaussians, check_views
 

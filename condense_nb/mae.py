@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from timm.models.vision_transformer import Block
 from timm.layers import trunc_normal_
-from .core import (check_tensor, check_choice, check_int, check_number, cosine_schedule, atomic_write_bytes, save_json,
-                             load_json, preset_config, save_checkpoint, load_checkpoint, read_checkpoint)
+from .core import (check_tensor, check_choice, check_int, check_number, cosine_schedule, save_json,
+                             load_json, preset_config, save_checkpoint, load_checkpoint, read_checkpoint, check_resume_config)
 from .pointops import group, gather_points, chamfer_distance, PointEmbed
 from .guidance import random_mask
 
@@ -359,10 +359,7 @@ def load_mae_checkpoint(out_dir, model: PointMAE, opt: torch.optim.Optimizer, cf
     found = load_checkpoint(out, opt, next(model.parameters()).device)
     if found is None: return 0, []
     epoch, tensors, meta = found
-    saved, now = json.loads(json.dumps(meta["config"])), json.loads(json.dumps(asdict(cfg)))
-    diff = sorted(k for k in set(saved) | set(now) if k not in _RESUME_FREE and saved.get(k) != now.get(k))
-    if diff: raise ValueError(f"{out}: the checkpoint was trained with another config ({ {k: (saved.get(k), now.get(k)) for k in diff} }, "
-                              "saved vs now); use a new out_dir")
+    check_resume_config(out, meta["config"], json.loads(json.dumps(asdict(cfg))), _RESUME_FREE)
     try: model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     except Exception as e: raise ValueError(f"{out}: could not restore epoch {epoch} ({type(e).__name__}: {e})") from None
     hist = load_json(out / "metrics.json") if (out / "metrics.json").exists() else []

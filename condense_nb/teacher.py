@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_teacher.ipynb #100b9651
 from __future__ import annotations
-import io, json, math, os, time
+import json, math, os, time
 from dataclasses import dataclass, asdict, fields, replace
 from pathlib import Path
 import torch
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from .core import (atomic_write_bytes, save_json, load_json, check_choice, seed_everything, get_device, preset_config,
                              cosine_schedule, dist_rank_world, all_sum, all_sum_grads, broadcast_, barrier, save_checkpoint,
-                             load_checkpoint, CKPT_FORMAT)
+                             load_checkpoint, CKPT_FORMAT, check_resume_config)
 from .encoders import DenseEncoder, save_encoder
 
 # %% auto #0
@@ -549,10 +549,7 @@ def load_teacher_checkpoint(out_dir, state: DinoState, opt, cfg: TeacherConfig) 
     latest = load_json(out / "latest.json")
     saved = {**_ABSENT_MEANS, **((latest.get("meta") or {}).get("config", {}) if isinstance(latest, dict) else {})}
     now = _cfg_json(cfg)
-    diff = sorted(k for k in set(saved) | set(now) if k not in _RESUME_FREE and saved.get(k) != now.get(k))
-    if isinstance(latest, dict) and latest.get("format") == CKPT_FORMAT and diff:
-        raise ValueError(f"{out / 'latest.json'}: the checkpoint was trained with another config (fields {diff}: "
-                         f"{ {k: saved.get(k) for k in diff} } vs { {k: now.get(k) for k in diff} }); use a new out_dir")
+    if isinstance(latest, dict) and latest.get("format") == CKPT_FORMAT: check_resume_config(out / "latest.json", saved, now, _RESUME_FREE)
     step, tensors, _ = load_checkpoint(out, opt, state.center.device)
     try: state.load_state_dict(tensors)
     except Exception as e: raise ValueError(f"{out}: could not restore checkpoint step {step} ({type(e).__name__}: {e}); remove {out} to train from step 0") from None
