@@ -1,6 +1,6 @@
 """Empty-space skipping in the ray marcher on a realistic sparse scene (issue 17 item 4).
 
-The scene is a SynthRooms room (`scenes.make_room`): 200k labelled surface points fused into a 64³ occupancy grid
+The scene is a SynthRooms room (`rooms.make_room`): 200k labelled surface points fused into a 64³ occupancy grid
 over the room's box; the density grid is 30 on the occupied voxels (a surface shell, most of the volume empty), the
 feature grid 32 random channels. Rays: every 2nd pixel of 8 in-room views at 128×96 (`cameras.inroom_path`, the
 datasets' camera path), 64 stratified samples each. Timed, forward:
@@ -23,7 +23,8 @@ from bench_raymarch import with_nerfacc
 from timing import best_time
 from condense_nb.cameras import intrinsics, get_rays, inroom_path
 from condense_nb.raymarch import render_rays, fuse_occupancy
-from condense_nb.scenes import make_room, sample_points
+from condense_nb.scenes import sample_points
+from condense_nb.rooms import make_room
 
 
 def room_grids(seed: int, res: int, channels: int):

@@ -22,7 +22,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     import torch
     from condense_nb.cameras import intrinsics, inroom_path
-    from condense_nb.scenes import make_room, render
+    from condense_nb.scenes import render
+    from condense_nb.rooms import make_room
     if args.threads: torch.set_num_threads(args.threads)
     rooms = [make_room(s) for s in range(args.rooms)]
     prims = [len(r) for r in rooms]

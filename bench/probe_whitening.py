@@ -12,7 +12,8 @@ import argparse, time
 from pathlib import Path
 import torch
 from condense_nb.datasets import build_preset, RoomViews
-from condense_nb.probes import load_features, run_probes, seg_labels, token_moments
+from condense_nb.probes import run_probes, seg_labels
+from condense_nb.features import load_features, token_moments
 from condense_nb.scenes import CLASSES
 
 

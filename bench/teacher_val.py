@@ -33,7 +33,8 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     from condense_nb.datasets import RoomViews
     from condense_nb.encoders import DenseEncoder, load_teacher
-    from condense_nb.probes import extract_features, seg_labels, fit_seg_probe, fit_whitening, apply_whitening
+    from condense_nb.probes import seg_labels, fit_seg_probe
+    from condense_nb.features import extract_features, fit_whitening, apply_whitening
     from condense_nb.diagnostics import feature_diagnostics
     from condense_nb.scenes import CLASSES
     from condense_nb.core import seed_everything, save_json

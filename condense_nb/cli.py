@@ -395,10 +395,11 @@ def _error_line(e: BaseException) -> str:
 
 def check_threads(threads, name: str = "threads", allow_default: bool = False) -> int:
     "`threads` if it is an int in 1..`os.cpu_count()` (or 0, 'each pipeline's own', when `allow_default`), else a `UsageError`."
+    from condense_nb.core import check_int      # imported here: `condense-nb --help` and the checks that need no torch stay fast
     cpus = os.cpu_count() or 1
-    ok = isinstance(threads, int) and not isinstance(threads, bool) and (1 <= threads <= cpus or (allow_default and threads == 0))
-    if not ok: raise UsageError(f"{name}: expected an int in 1..{cpus} (this machine's CPU count), got {threads!r}")
-    return threads
+    what = f"{name} (this machine has {cpus} CPUs" + ("; 0: each pipeline's own)" if allow_default else ")")
+    try: return check_int(threads, what, 0 if allow_default else 1, cpus)
+    except ValueError as e: raise UsageError(str(e)) from None
 
 def writable_folder(path, name: str) -> Path:
     "`path` resolved, made if missing, after checking it is a folder this process can write in; else a `UsageError` naming `name`."

@@ -13,14 +13,16 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
-from .core import (check_choice, check_int, check_number, preset_config, atomic_write_bytes, load_json, save_json,
+from .core import (check_choice, check_int, check_number, preset_config, mean_std, atomic_write_bytes, load_json, save_json,
                               cosine_schedule, save_checkpoint, load_checkpoint)
 from .datasets import RoomScenes
 from .encoder3d import Encoder3D, SegHead3D, fuse_rgbd, scene_aabb, voxel_labels
 from .metrics import SegMetric
 from .consensus import render_features, consensus_loss, fidelity_loss, ProjectionHead
 from .keypoints import Detector2D, Detector3D, keypoint_consensus_loss, peakiness_loss
-from .probes import extract_features, run_consistency, run_probes, seg_labels, unit_scores
+from .probes import run_probes, seg_labels, unit_scores
+from .diagnostics import run_consistency
+from .features import extract_features
 import numpy as np
 import safetensors.torch as st
 from .datasets import build_preset, resolve_config
@@ -353,7 +355,9 @@ def caption_variants(caption: str, n: int, rng: np.random.Generator) -> list[str
         found.append(", ".join([head_] + [objs[j] for j in keep]) + ".")
     return found
 
-def _mstd(xs) -> dict: return dict(mean=float(np.mean(xs)), std=float(np.std(xs)), per_seed=[float(x) for x in xs])
+def _mstd(xs) -> dict:
+    m, s = mean_std(xs)
+    return dict(mean=m, std=s, per_seed=[float(x) for x in xs])
 
 def seed_std_verdict(a: dict, b: dict) -> tuple[bool, float, float]:
     "Does `a` beat `b` (each {mean, std} over seeds) by more than the larger seed std? (verdict, difference, larger std)."

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .core import check_tensor, check_choice, check_int
+from .core import check_tensor, check_choice, check_int, check_same_shape
 from .cameras import check_K, cam_to_world
 from .raymarch import render_rays, check_aabb, check_grid
 
@@ -101,7 +101,7 @@ def _check_pair(a, b, na: str, nb: str, ndim: int) -> tuple[Tensor, Tensor]:
         if not isinstance(t, Tensor) or not t.is_floating_point() or t.ndim != ndim:
             raise ValueError(f"{n}: expected a float tensor with {ndim} dims, got {getattr(t, 'shape', type(t).__name__)}")
         if not torch.isfinite(t).all(): raise ValueError(f"{n}: contains NaN or infinite values")
-    if a.shape != b.shape: raise ValueError(f"{na}, {nb}: shapes differ ({list(a.shape)} vs {list(b.shape)})")
+    check_same_shape(f"{na}, {nb}", a, b)
     return a, b
 
 def _pointwise(a: Tensor, b: Tensor, kind: str, dim: int = -1) -> Tensor:

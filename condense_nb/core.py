@@ -11,11 +11,12 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'check_tensor', 'check_choice', 'check_int', 'check_number', 'cosine_schedule', 'preset_config',
-           'atomic_write_bytes', 'atomic_write_text', 'save_json', 'load_json', 'atomic_save_image', 'atomic_savefig',
-           'remove_temp_files', 'LockedError', 'lock_holder', 'FolderLock', 'st_bytes', 'optimizer_tensors',
-           'optimizer_state', 'save_checkpoint', 'read_checkpoint', 'check_resume_config', 'load_checkpoint',
-           'seed_everything', 'get_device', 'dist_rank_world', 'all_sum', 'all_sum_grads', 'barrier', 'broadcast_']
+__all__ = ['CKPT_FORMAT', 'check_tensor', 'check_choice', 'check_same_shape', 'check_int', 'check_number', 'cosine_schedule',
+           'mean_std', 'preset_config', 'atomic_write_bytes', 'atomic_write_text', 'save_json', 'load_json',
+           'atomic_save_image', 'atomic_savefig', 'remove_temp_files', 'LockedError', 'lock_holder', 'FolderLock',
+           'st_bytes', 'optimizer_tensors', 'optimizer_state', 'save_checkpoint', 'read_checkpoint',
+           'check_resume_config', 'load_checkpoint', 'seed_everything', 'get_device', 'dist_rank_world', 'all_sum',
+           'all_sum_grads', 'barrier', 'broadcast_']
 
 # %% ../nbs/00_core.ipynb #3d02e560
 def _fmt_shape(shape: Sequence) -> str:
@@ -42,19 +43,26 @@ def check_choice(value, name: str, choices) -> object:
         raise ValueError(f"{name}: unknown value {value!r}; expected one of {sorted(map(str, choices))}")
     return value
 
+def check_same_shape(names: str, *tensors) -> None:
+    "Raise a `ValueError` naming `names` (e.g. `'f3d, f2d'`) if the tensors' shapes differ."
+    shapes = [list(t.shape) for t in tensors]
+    if any(s != shapes[0] for s in shapes): raise ValueError(f"{names}: shapes differ ({' vs '.join(map(str, shapes))})")
+
 # %% ../nbs/00_core.ipynb #b8988583
 def _bounds(lo, hi, lo_open: bool = False, hi_open: bool = False) -> str:
     if hi is not None and lo is not None: return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
     if hi is not None: return f"{'<' if hi_open else '<='} {hi}"
     return f"{'>' if lo_open else '>='} {lo}"
 
-def check_int(v, name: str, lo: int = 1, hi: int | None = None) -> int:
-    "Return `v` as an `int` if it is an integer (not a bool) with `lo <= v` (and `v <= hi`), else raise a `ValueError` naming `name`."
-    if hi is not None: what = f"an int {_bounds(lo, hi)}"
+def check_int(v, name: str, lo: int | None = 1, hi: int | None = None) -> int:
+    "Return `v` as an `int` if it is an integer (not a bool) with `lo <= v` (and `v <= hi`; `None`: unbounded), else raise a `ValueError` naming `name`."
+    if lo is None and hi is None: what = "an int"
+    elif hi is not None: what = f"an int {_bounds(lo, hi)}"
     elif lo == 1: what = "a positive int (an int >= 1)"
     elif lo == 0: what = "a non-negative int (an int >= 0)"
     else: what = f"an int {_bounds(lo, hi)}"
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < lo or (hi is not None and v > hi):
+    if (isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or (lo is not None and v < lo)
+            or (hi is not None and v > hi)):
         raise ValueError(f"{name}: expected {what}, got {v!r}")
     return int(v)
 
@@ -77,6 +85,15 @@ def cosine_schedule(step: float, total: float, start: float, end: float,
     if step < warmup_steps: return warmup_start + (start - warmup_start) * step / warmup_steps
     t = min(1.0, (step - warmup_steps) / max(total - warmup_steps, 1e-12))
     return end + (start - end) * (1 + math.cos(math.pi * t)) / 2
+
+# %% ../nbs/00_core.ipynb #1b2329fc
+def mean_std(values, ddof: int = 0, name: str = "values") -> tuple[float, float]:
+    "Mean and standard deviation (NumPy, `ddof`; population std by default) of a list of numbers, with errors naming `name`."
+    try: v = np.asarray([float(x) for x in values], dtype=np.float64)
+    except (TypeError, ValueError) as e: raise ValueError(f"{name}: expected a list of numbers, got {values!r} ({e})") from None
+    if len(v) == 0: raise ValueError(f"{name}: expected at least one number, got none")
+    if not np.isfinite(v).all(): raise ValueError(f"{name}: contains NaN or infinite values ({v.tolist()})")
+    return float(v.mean()), (float(v.std(ddof=ddof)) if len(v) > ddof else float("nan"))
 
 # %% ../nbs/00_core.ipynb #cf2d1e5b
 def preset_config(cls, presets: dict, name: str, **overrides):

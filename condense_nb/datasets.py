@@ -13,8 +13,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from .core import check_tensor, check_choice, check_int, atomic_write_bytes, save_json, load_json, st_bytes
 from .cameras import intrinsics, inroom_path
-from .scenes import (CLASSES, make_room, near_duplicate, caption, render, sample_points,
-                                scene_to_dict, scene_from_dict, Scene)
+from .scenes import CLASSES, render, sample_points, scene_to_dict, scene_from_dict, Scene
+from .rooms import make_room, near_duplicate, caption
 
 # %% auto #0
 __all__ = ['MAX_ROOMS', 'MAX_DUPS', 'PRESETS', 'SPLITS', 'ROOM_SPLITS', 'SPLIT_OFFSET', 'DUP_CHOICE_OFFSET', 'SHAPE_VARIANTS',

@@ -4,14 +4,19 @@
 
 # %% ../nbs/14_diagnostics.ipynb #d9178cac
 from __future__ import annotations
+from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .core import check_tensor
+from .core import check_tensor, check_int
+from .features import extract_features
+from .metrics import multiview_consistency, NoOverlapError
+from .probes import summarize
 
 # %% auto #0
-__all__ = ['IGNORE', 'patch_labels', 'variance_share', 'room_identification', 'patch_purity', 'feature_diagnostics']
+__all__ = ['IGNORE', 'patch_labels', 'variance_share', 'room_identification', 'patch_purity', 'feature_diagnostics', 'view_pairs',
+           'run_consistency']
 
 # %% ../nbs/14_diagnostics.ipynb #7196ef87
 IGNORE = 255
@@ -85,3 +90,32 @@ def feature_diagnostics(feats, semantic, room_ids, num_classes: int, patch: int,
         raise ValueError(f"semantic: its {patch}-pixel patches make a {tuple(y.shape[-2:])} grid, the features have {tuple(f.shape[-2:])}")
     return dict(variance=variance_share(f), rooms=room_identification(f, room_ids),
                 purity=patch_purity(f, y, room_ids, num_classes, **purity_kwargs))
+
+# %% ../nbs/14_diagnostics.ipynb #ce55534a
+def view_pairs(n_views: int, gap: int = 2, per_room: int = 4) -> list[tuple[int, int]]:
+    "Up to `per_room` pairs (v, v+gap) of views spread evenly along a camera path of `n_views`."
+    gap = check_int(gap, f"gap (views apart, of n_views={n_views})", 1, n_views - 1)
+    starts = np.unique(np.linspace(0, n_views - gap - 1, min(per_room, n_views - gap)).round().astype(int))
+    return [(int(a), int(a) + gap) for a in starts]
+
+def run_consistency(feature_fn: Callable, rooms: list, seeds=(0, 1, 2), gap: int = 2, per_room: int = 4,
+                    max_points: int = 500, radius: float | None = None, ddof: int = 0, batch_size: int = 16) -> dict:
+    "Cosine similarity and correspondence accuracy over view pairs of `rooms` (dicts of rgb [V,3,H,W], depth [V,H,W], K [V,3,3], viewmats [V,4,4])."
+    if not rooms: raise ValueError("rooms: expected at least one room")
+    per_seed = {s: {"cos": [], "acc": [], "n": []} for s in seeds}
+    for room in rooms:
+        for k in ("rgb", "depth", "K", "viewmats"):
+            if k not in room: raise ValueError(f"rooms: each room needs {k!r} (rgb, depth, K, viewmats)")
+        feats = extract_features(feature_fn, room["rgb"], batch_size=batch_size)
+        for a, b in view_pairs(len(room["rgb"]), gap, per_room):
+            for s in seeds:
+                try:
+                    r = multiview_consistency(feats[a], feats[b], room["depth"][a], room["K"][a], room["viewmats"][a],
+                                              room["depth"][b], room["K"][b], room["viewmats"][b], radius=radius,
+                                              max_points=max_points, generator=torch.Generator().manual_seed(s))
+                except NoOverlapError: continue                        # the two views see nothing in common
+                per_seed[s]["cos"].append(r["cos_sim"]); per_seed[s]["acc"].append(r["corr_acc"]); per_seed[s]["n"].append(r["n"])
+    rows = [{"seed": s, "cos_sim": float(np.average(v["cos"], weights=v["n"])), "corr_acc": float(np.mean(v["acc"])),
+             "pairs": len(v["acc"])} for s, v in per_seed.items() if v["acc"]]
+    if not rows: raise ValueError("rooms: no view pair overlapped; try a smaller gap")
+    return {"per_seed": rows, **summarize(rows, ("cos_sim", "corr_acc"), ddof)}

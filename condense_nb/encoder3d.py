@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .core import check_tensor, check_choice, check_int
+from .core import check_tensor, check_choice, check_int, check_same_shape
 from .cameras import unproject, camera_center
 from .raymarch import check_aabb, check_grid
 from .metrics import feature_pca_colors
@@ -131,7 +131,7 @@ def fuse_rgbd(rgbs: Tensor, depths: Tensor, Ks: Tensor, viewmats: Tensor, aabb: 
 def iou(a: Tensor, b: Tensor) -> float:  # [...], [...] boolean grids
     "Intersection over union of two boolean grids (1.0 when both are empty)."
     a, b = a.bool(), b.bool()
-    if a.shape != b.shape: raise ValueError(f"a, b: shapes differ ({list(a.shape)} vs {list(b.shape)})")
+    check_same_shape("a, b", a, b)
     u = (a | b).sum().item()
     return 1.0 if u == 0 else (a & b).sum().item() / u
 
@@ -176,9 +176,8 @@ class UNet3D(nn.Module):
     "Dense 3D UNet: grid [B, in_ch, D, H, W] -> features [B, out_ch, D, H, W] (any D, H, W)."
     def __init__(self, in_ch: int, out_ch: int, widths=(16, 32, 64), norm: str = "group", up: str = "transpose"):
         super().__init__()
-        widths = tuple(widths)
-        if len(widths) < 1 or not all(isinstance(w, int) and w >= 1 for w in widths):
-            raise ValueError(f"widths: expected a non-empty sequence of positive ints, got {widths!r}")
+        widths = tuple(check_int(w, f"widths[{i}]") for i, w in enumerate(widths))
+        if not widths: raise ValueError("widths: expected a non-empty sequence of positive ints, got ()")
         in_ch, out_ch = check_int(in_ch, "in_ch"), check_int(out_ch, "out_ch")
         check_choice(norm, "norm", ("group", "batch")); check_choice(up, "up", ("transpose", "trilinear"))
         self.in_ch, self.out_ch, self.widths, self.levels = in_ch, out_ch, widths, len(widths) - 1
@@ -219,8 +218,9 @@ class Encoder3D(nn.Module):
             raise ValueError(f"input_types: expected distinct non-empty names, got {input_types!r}")
         if in_channels is None: in_channels = {t: DEFAULT_IN_CHANNELS.get(t) for t in input_types}
         elif isinstance(in_channels, int): in_channels = {t: in_channels for t in input_types}
-        if not isinstance(in_channels, dict) or set(in_channels) != set(input_types) or not all(isinstance(v, int) and v >= 1 for v in in_channels.values()):
+        if not isinstance(in_channels, dict) or set(in_channels) != set(input_types):
             raise ValueError(f"in_channels: expected a positive int or a dict giving one for each of {list(input_types)}, got {in_channels!r}")
+        in_channels = {t: check_int(v, f"in_channels[{t!r}]") for t, v in in_channels.items()}
         self.input_types, self.in_channels, self.width, self.out_dim = input_types, dict(in_channels), width, out_dim
         self.heads = nn.ModuleDict({t: InputHead(in_channels[t], width, head_kernel, norm) for t in input_types})
         self.backbone = UNet3D(width, out_dim, widths, norm, up)

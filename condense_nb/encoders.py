@@ -15,7 +15,7 @@ from .core import atomic_write_bytes, save_json, load_json
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'WEIGHT_SUFFIXES', 'ASSETS', 'load_weights', 'DenseEncoder', 'save_encoder',
-           'load_encoder', 'load_teacher']
+           'load_encoder', 'load_teacher', 'stage_teacher']
 
 # %% ../nbs/11_encoders.ipynb #e2e625a8
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -207,3 +207,11 @@ def load_teacher(preset: str = "small", path=None, **overrides) -> DenseEncoder:
                          f"`condense-nb reproduce --preset {preset} --only data,teacher` and pass path='runs/{preset}/teacher/teacher.safetensors'")
     if not p.exists(): raise ValueError(f"path: {p}: file not found")
     return load_encoder(p, **overrides)
+
+# %% ../nbs/11_encoders.ipynb #2695656d
+def stage_teacher(teacher_path, out_dir, preset: str) -> tuple[DenseEncoder, str, Path | None]:
+    "The teacher an experiment stage uses, where it came from (a path or 'shipped teacher_<preset>'), and its file (None: shipped)."
+    p = Path(teacher_path).resolve() if teacher_path else (Path(out_dir) / ".." / "teacher" / "teacher.safetensors").resolve()
+    if teacher_path and not p.exists(): raise ValueError(f"teacher_path: {p}: file not found")
+    if p.exists(): return load_encoder(p), str(p), p
+    return load_teacher(preset), f"shipped teacher_{preset}", None

@@ -16,7 +16,9 @@ from .datasets import build_preset, RoomScenes
 from .encoders import DenseEncoder, load_encoder, save_encoder
 from .lifting import LiftConfig, lift_scenes, load_gaussians
 from .finetune import FinetuneConfig, finetune, trainable_copy, combine
-from .probes import run_probes, run_consistency, cached_features, position_features, unit_scores
+from .probes import run_probes, position_features, unit_scores
+from .diagnostics import run_consistency
+from .features import cached_features
 from .probe_stage import room_views, check_probe_fields
 from .claims import claim_row, update_ledger, ledger_precondition
 from .scenes import CLASSES

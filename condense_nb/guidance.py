@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from .core import check_tensor, check_choice, check_int
+from .core import check_tensor, check_choice, check_int, check_number
 from .encoders import DenseEncoder
 from .projection import ViewParams, project_views, points_to_pixels, read_back, average_views
 
@@ -96,9 +96,7 @@ def cloud_guidance(encoder, points: Tensor, centres: Tensor, size: int = 224, vi
 
 # %% ../nbs/32_guidance.ipynb #2ed2832a
 def _check_ratio(mask_ratio) -> float:
-    if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, (int, float)) or not 0 <= mask_ratio < 1:
-        raise ValueError(f"mask_ratio: expected a number in [0, 1) (the fraction of tokens masked), got {mask_ratio!r}")
-    return float(mask_ratio)
+    return check_number(mask_ratio, "mask_ratio (the fraction of tokens masked)", 0, 1, hi_open=True)
 
 def _check_saliency(saliency) -> Tensor:
     s = check_tensor(saliency, "saliency", (None, None))

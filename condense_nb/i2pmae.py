@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from .core import save_json, load_json, atomic_write_bytes, seed_everything, check_choice, check_int, check_number, preset_config
+from .core import save_json, load_json, atomic_write_bytes, seed_everything, check_choice, check_int, check_number, preset_config, mean_std
 from .datasets import build_preset, ShapeSet
 from .encoders import DenseEncoder
 from .projection import project_views, read_back, average_views, visible_in_views
 from .pointops import gather_points
 from .guidance import teacher_guidance, token_guidance, guided_mask, softmax_uniformity
 from .mae import from_preset as mae_preset, MAEConfig, PointMAE, tokenize, token_targets, pretrain
-from .point_eval import svm_eval, extract_global_features, finetune_classifier, finetune_preset, mean_std, beats, DEFAULT_CS
+from .point_eval import svm_eval, extract_global_features, finetune_classifier, finetune_preset, beats, DEFAULT_CS
 from .claims import claim_row, update_ledger, ledger_precondition
 
 # %% auto #0
@@ -144,7 +144,8 @@ def pretrain_batches(clouds: Tensor, token_idx: Tensor, seed: int, epoch: int, b
 
 # %% ../nbs/35_i2pmae.ipynb #0fb73d97
 def pretrain_variant(variant: str, seed: int, temperature: float | None, run_dir, base: MAEConfig, guidance: dict, feat_dim: int,
-                     w_2d: float, clouds: Tensor, targets: Tensor, token_sal: Tensor, token_idx: Tensor, log: dict) -> tuple[PointMAE, list]:
+                     w_2d: float, clouds: Tensor, targets: Tensor, token_sal: Tensor, token_idx: Tensor, log: dict
+                     ) -> tuple[PointMAE, list]:  # clouds [M, N, 3], targets [M, G, C], token_sal [M, G], token_idx [M, G, K]
     "Pre-train (or resume) `variant` from `seed` in `run_dir`: (the model in eval mode, its per-epoch history)."
     spec, run_dir = VARIANTS[variant], Path(run_dir)
     cfg = replace(base, feat_dim=feat_dim if spec["two_d"] else None, w_2d=w_2d if spec["two_d"] else 0.0, seed=seed)

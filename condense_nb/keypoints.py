@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .core import check_tensor, check_choice, check_int
+from .core import check_tensor, check_choice, check_int, check_same_shape
 from .raymarch import check_aabb
 from .encoder3d import voxel_centers
 from .consensus import render_features
@@ -88,7 +88,7 @@ def keypoint_consensus_loss(score3d: Tensor, heat2d: Tensor, kind: str = "l2", s
     "Agreement of rendered 3D scores and 2D heatmap values at the same pixels: mean squared difference, or BCE towards the stopped side."
     check_choice(kind, "kind", ("l2", "bce")); check_choice(stop_grad, "stop_grad", ("none", "2d", "3d"))
     s, h = _check_scores(score3d, "score3d"), _check_scores(heat2d, "heat2d")
-    if s.shape != h.shape: raise ValueError(f"score3d, heat2d: shapes differ ({list(s.shape)} vs {list(h.shape)})")
+    check_same_shape("score3d, heat2d", s, h)
     if kind == "bce" and stop_grad == "none":
         raise ValueError("stop_grad: kind='bce' needs a fixed target; use stop_grad='2d' (3D learns) or '3d' (2D learns)")
     if stop_grad == "2d": h = h.detach()

@@ -9,13 +9,13 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .core import check_tensor, check_int
+from .core import check_tensor, check_int, check_number
 from .cameras import unproject, project, check_K
 
 # %% auto #0
 __all__ = ['confusion_matrix', 'SegMetric', 'segmentation_metrics', 'DepthMetric', 'depth_metrics', 'correspondences',
-           'plot_correspondences', 'sample_features', 'multiview_consistency', 'pca_rgb', 'feature_pca_colors',
-           'plot_pca_views']
+           'plot_correspondences', 'sample_features', 'NoOverlapError', 'multiview_consistency', 'pca_rgb',
+           'feature_pca_colors', 'plot_pca_views']
 
 # %% ../nbs/10_metrics.ipynb #e725c1ff
 def _check_labels(x, name: str) -> Tensor:
@@ -52,9 +52,7 @@ class SegMetric:
     "Streaming mmseg-style segmentation metrics: accumulate one confusion matrix over a whole split."
     def __init__(self, num_classes: int, ignore_index: int = 255):
         self.num_classes = check_int(num_classes, "num_classes")
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-            raise ValueError(f"ignore_index: expected an integer, got {ignore_index!r}")
-        self.ignore_index = ignore_index
+        self.ignore_index = check_int(ignore_index, "ignore_index", lo=None)
         self.reset()
 
     def reset(self) -> None:
@@ -164,7 +162,7 @@ def correspondences(depth_a, K_a, viewmat_a, depth_b, K_b, viewmat_b, rel_tol: f
     depth_b, ok_b = _check_depth_map(depth_b, "depth_b")
     K_a, K_b = check_K(K_a), check_K(K_b)
     viewmat_a, viewmat_b = check_tensor(viewmat_a, "viewmat_a", (4, 4)), check_tensor(viewmat_b, "viewmat_b", (4, 4))
-    if not (isinstance(rel_tol, (int, float)) and rel_tol > 0): raise ValueError(f"rel_tol: expected a positive number, got {rel_tol!r}")
+    rel_tol = check_number(rel_tol, "rel_tol", 0, lo_open=True)
     depth_a, ok_a, depth_b, ok_b = depth_a.cpu(), ok_a.cpu(), depth_b.cpu(), ok_b.cpu()      # geometry is cheap: always on CPU
     K_a, K_b, viewmat_a, viewmat_b = K_a.cpu(), K_b.cpu(), viewmat_a.cpu(), viewmat_b.cpu()
     Hb, Wb = depth_b.shape
@@ -209,6 +207,9 @@ def sample_features(feat, uv, image_size) -> Tensor:  # feat [C, h, w], uv [M, 2
     return out[0, :, 0].T                                                                   # [M, C]
 
 # %% ../nbs/10_metrics.ipynb #5e513ac1
+class NoOverlapError(ValueError):
+    "Two views that share no visible pixel: their consistency is undefined (averages over view pairs skip the pair)."
+
 def multiview_consistency(feat_a, feat_b, depth_a, K_a, viewmat_a, depth_b, K_b, viewmat_b,
                           radius: float | None = None, max_points: int = 1000, generator=None,
                           rel_tol: float = 0.02, chunk: int = 4096, center: bool = True) -> dict:  # feat_a [C, h, w], feat_b [C, h', w'], depth_a [H, W], depth_b [H', W']
@@ -226,9 +227,9 @@ def multiview_consistency(feat_a, feat_b, depth_a, K_a, viewmat_a, depth_b, K_b,
     pix_a, uv_b = correspondences(depth_a, K_a, viewmat_a, depth_b, K_b, viewmat_b, rel_tol=rel_tol)
     (Ha, Wa), (Hb, Wb) = torch.as_tensor(depth_a).shape, torch.as_tensor(depth_b).shape
     if radius is None: radius = 0.05 * max(Hb, Wb)
-    if not (isinstance(radius, (int, float)) and radius > 0): raise ValueError(f"radius: expected a positive number of pixels, got {radius!r}")
+    radius = check_number(radius, "radius (pixels)", 0, lo_open=True)
     M = len(pix_a)
-    if M == 0: raise ValueError("depth_a, depth_b: the views do not overlap (no pixel of view A is visible in view B)")
+    if M == 0: raise NoOverlapError("depth_a, depth_b: the views do not overlap (no pixel of view A is visible in view B)")
     uv_a = pix_a.flip(-1).to(uv_b.dtype) + 0.5                                       # [M, 2] pixel centres of A
     # (a) cosine similarity at all correspondences
     cos = torch.cat([F.cosine_similarity(sample_features(feat_a, uv_a[i:i + chunk], (Ha, Wa)),
@@ -268,7 +269,7 @@ def _feature_list(feats, name: str = "feats") -> list[Tensor]:
 
 def pca_rgb(feats, q: float = 0.01):  # feats [N, C, h, w] | [C, h, w] | list of [C, h_i, w_i] -> [N, h, w, 3] (list if sizes differ)
     "First three principal components of feature maps, fitted jointly over all maps, as RGB in [0, 1]."
-    if not (isinstance(q, (int, float)) and 0 <= q < 0.5): raise ValueError(f"q: expected a quantile in [0, 0.5), got {q!r}")
+    q = check_number(q, "q (a quantile)", 0, 0.5, hi_open=True)
     maps = _feature_list(feats)
     X = torch.cat([m.flatten(1).T for m in maps]).double()                  # [sum h*w, C]
     Xc = X - X.mean(0)

@@ -13,22 +13,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from .core import check_tensor, check_choice, check_int, check_number, preset_config
+from .core import check_tensor, check_choice, check_int, check_number, preset_config, mean_std
 from .mae import MAEConfig, PointMAE, MAEEncoder, PointClassifier, POOLS, global_feature, param_groups, lr_at
 
 # %% auto #0
-__all__ = ['DEFAULT_CS', 'FT_PRESETS', 'mean_std', 'fmt_mean_std', 'beats', 'svm_eval', 'extract_global_features',
-           'FinetuneConfig', 'finetune_preset', 'rotate_scale', 'recalibrate_bn', 'evaluate', 'finetune_classifier']
+__all__ = ['DEFAULT_CS', 'FT_PRESETS', 'fmt_mean_std', 'beats', 'svm_eval', 'extract_global_features', 'FinetuneConfig',
+           'finetune_preset', 'rotate_scale', 'recalibrate_bn', 'evaluate', 'finetune_classifier']
 
 # %% ../nbs/34_point_eval.ipynb #069a4dbc
-def mean_std(values, ddof: int = 0) -> tuple[float, float]:
-    "Mean and standard deviation (NumPy, `ddof`; population std by default) of a list of numbers."
-    try: v = np.asarray([float(x) for x in values], dtype=np.float64)
-    except (TypeError, ValueError) as e: raise ValueError(f"values: expected a list of numbers, got {values!r} ({e})") from None
-    if len(v) == 0: raise ValueError("values: expected at least one number, got none")
-    if not np.isfinite(v).all(): raise ValueError(f"values: contains NaN or infinite values ({v.tolist()})")
-    return float(v.mean()), (float(v.std(ddof=ddof)) if len(v) > ddof else float("nan"))
-
 def fmt_mean_std(values, scale: float = 100.0, digits: int = 1, ddof: int = 0) -> str:
     "'mean ± std' of `values` × `scale` (default: fractions shown as percentages)."
     m, s = mean_std(values, ddof)

@@ -12,7 +12,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from .core import check_choice, check_int, atomic_write_bytes, save_json, st_bytes
 from .cameras import intrinsics, inroom_path
-from .scenes import make_room, render
+from .scenes import render
+from .rooms import make_room
 from .datasets import read_json, verified_tensors
 
 # %% auto #0

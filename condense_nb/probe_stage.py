@@ -14,7 +14,9 @@ from torch import Tensor
 from .core import save_json, seed_everything, preset_config, check_int, check_number
 from .datasets import build_preset, RoomViews, RoomScenes
 from .encoders import DenseEncoder
-from .probes import rgb_feature_fn, run_probes, unit_scores, run_consistency, seg_labels, extract_features, position_features
+from .probes import run_probes, unit_scores, seg_labels, position_features
+from .diagnostics import run_consistency
+from .features import rgb_feature_fn, extract_features
 from .scenes import CLASSES
 from .diagnostics import feature_diagnostics
 from .claims import claim_row, update_ledger

@@ -5,164 +5,26 @@ the FiT3D/DINOv2 protocol scaled down to CPU, for any feature extractor."""
 
 # %% ../nbs/13_probes.ipynb #83579041
 from __future__ import annotations
-import copy, hashlib, json, math
+import copy, math
 from pathlib import Path
 from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .core import check_tensor, check_choice, check_int, check_number, cosine_schedule, atomic_write_bytes
+from .core import check_tensor, check_choice, check_int, cosine_schedule
+from .features import check_features, module_device, extract_features, cached_features, fit_whitening, apply_whitening
 from .metrics import SegMetric, DepthMetric
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'SEG_KEYS', 'DEPTH_KEYS', 'rgb_feature_fn', 'ConcatFeatures', 'concat_feature_fns', 'ClsPatchFeatures',
-           'extract_features', 'images_fingerprint', 'save_features', 'load_features', 'cached_features', 'seg_labels',
-           'valid_depth', 'SegProbe', 'seg_loss', 'predict_seg', 'eval_seg_probe', 'fit_seg_probe', 'DepthProbe',
-           'depth_loss', 'predict_depth', 'eval_depth_probe', 'fit_depth_probe', 'token_moments', 'fit_whitening',
-           'apply_whitening', 'summarize', 'run_probes', 'probe_input', 'unit_scores', 'format_table',
-           'position_features', 'view_pairs', 'run_consistency']
-
-# %% ../nbs/13_probes.ipynb #9ecd17e0
-IGNORE_INDEX = 255
-
-def rgb_feature_fn(patch_size: int = 8) -> Callable:
-    "The 'RGB pixels' baseline: a feature function returning the image average-pooled to a `patch_size` grid."
-    patch_size = check_int(patch_size, "patch_size")
-    def rgb_pixels(images: Tensor) -> Tensor:  # images [B, 3, H, W] -> [B, 3, H/p, W/p]
-        return F.avg_pool2d(images, patch_size)
-    return rgb_pixels
-
-class ConcatFeatures(nn.Module):
-    "A feature function concatenating the channels of `fns` (FiT3D: original ⊕ fine-tuned), resized to the first's grid."
-    def __init__(self, *fns: Callable):
-        super().__init__()
-        if not fns: raise ValueError("fns: expected at least one feature function")
-        for i, fn in enumerate(fns):
-            if not callable(fn): raise ValueError(f"fns[{i}]: expected a callable feature function, got {type(fn).__name__}")
-        self.fns = list(fns)
-        self.models = nn.ModuleList([fn for fn in fns if isinstance(fn, nn.Module)])   # so .eval()/.to() reach them
-
-    def forward(self, images: Tensor) -> Tensor:  # images [B, 3, H, W] -> [B, sum C_i, h_0, w_0]
-        outs = [fn(images) for fn in self.fns]
-        h, w = outs[0].shape[-2:]
-        return torch.cat([o if o.shape[-2:] == (h, w) else F.interpolate(o, size=(h, w), mode="bilinear", align_corners=False)
-                          for o in outs], 1)
-
-def concat_feature_fns(*fns: Callable) -> ConcatFeatures:
-    "Channel concatenation of several feature functions (an `nn.Module`, so wrapped models follow `.eval()`/`.to()`)."
-    return ConcatFeatures(*fns)
-
-class ClsPatchFeatures(nn.Module):
-    "DINOv2's depth-probe input: each patch token ⊕ its image's CLS token, per encoder (`forward_with_cls`), concatenated."
-    def __init__(self, *encoders: nn.Module):
-        super().__init__()
-        if not encoders: raise ValueError("encoders: expected at least one DenseEncoder")
-        for i, e in enumerate(encoders):
-            if not hasattr(e, "forward_with_cls"): raise ValueError(f"encoders[{i}]: expected a DenseEncoder (with forward_with_cls), got {type(e).__name__}")
-        self.encoders = nn.ModuleList(encoders)
-
-    def forward(self, images: Tensor) -> Tensor:  # images [B, 3, H, W] -> [B, sum 2 C_i, h_0, w_0]
-        outs = []
-        for i, e in enumerate(self.encoders):
-            dense, cls = e.forward_with_cls(images)                      # [B, C, h, w], [B, C]
-            if cls is None: raise ValueError(f"encoders[{i}]: this ViT has no CLS token (class_token=False)")
-            outs += [dense, cls[:, :, None, None].expand_as(dense)]
-        h, w = outs[0].shape[-2:]
-        return torch.cat([o if o.shape[-2:] == (h, w) else F.interpolate(o, size=(h, w), mode="bilinear", align_corners=False)
-                          for o in outs], 1)
-
-# %% ../nbs/13_probes.ipynb #97c2617f
-def _check_images(images, name: str = "images") -> Tensor:
-    "`images` as a float tensor [N, 3, H, W] with values in [0, 1]."
-    if isinstance(images, Tensor) and not images.is_floating_point():
-        raise ValueError(f"{name}: expected float images in [0, 1], got dtype {images.dtype} (divide uint8 images by 255)")
-    images = check_tensor(images, name, (None, 3, None, None))
-    if images.shape[0] == 0: raise ValueError(f"{name}: no images (N = 0)")
-    lo, hi = float(images.min()), float(images.max())
-    if lo < 0 or hi > 1: raise ValueError(f"{name}: expected values in [0, 1], got range [{lo:.3g}, {hi:.3g}]")
-    return images
-
-def _module_device(fn) -> torch.device:
-    for t in list(fn.parameters()) + list(fn.buffers()): return t.device
-    return torch.device("cpu")
-
-@torch.no_grad()
-def extract_features(feature_fn: Callable, images, batch_size: int = 16, device=None,
-                     progress: bool = False) -> Tensor:  # images [N, 3, H, W] in [0, 1] -> [N, C, h, w] float32 CPU
-    "Frozen features of `images`, computed in batches without gradients and gathered on the CPU."
-    if not callable(feature_fn): raise ValueError(f"feature_fn: expected a callable, got {type(feature_fn).__name__}")
-    images, bs = _check_images(images), check_int(batch_size, "batch_size")
-    is_mod = isinstance(feature_fn, nn.Module)
-    dev = torch.device(device) if device is not None else (_module_device(feature_fn) if is_mod else torch.device("cpu"))
-    if is_mod:
-        if device is not None: feature_fn.to(dev)
-        was_training = feature_fn.training; feature_fn.eval()
-    starts = range(0, len(images), bs)
-    if progress:
-        from tqdm.auto import tqdm
-        starts = tqdm(starts, desc="features", unit="batch")
-    out, shape = [], None
-    try:
-        for i in starts:
-            x = images[i:i + bs].to(dev)
-            f = feature_fn(x)
-            where = f"feature_fn (images {i}..{i + len(x) - 1})"
-            if not isinstance(f, Tensor) or not f.is_floating_point() or f.ndim != 4 or f.shape[0] != len(x):
-                got = f"{type(f).__name__}" + (f" {list(f.shape)} {f.dtype}" if isinstance(f, Tensor) else "")
-                raise ValueError(f"{where}: expected a float tensor [{len(x)}, C, h, w], got {got}")
-            if shape is None: shape = tuple(f.shape[1:])
-            elif tuple(f.shape[1:]) != shape:
-                raise ValueError(f"{where}: expected [C, h, w] = {list(shape)} like the first batch, got {list(f.shape[1:])}")
-            if not torch.isfinite(f).all(): raise ValueError(f"{where}: returned NaN or infinite features")
-            out.append(f.detach().float().cpu())
-    finally:
-        if is_mod: feature_fn.train(was_training)
-    return torch.cat(out)
-
-# %% ../nbs/13_probes.ipynb #b9a52b4a
-def images_fingerprint(images) -> str:  # images [N, 3, H, W]
-    "SHA-1 of the images' float32 bytes and shape: identifies the inputs a feature cache was made from."
-    t = _check_images(images).float().contiguous().cpu()
-    h = hashlib.sha1(str(list(t.shape)).encode())
-    h.update(t.numpy().tobytes())
-    return h.hexdigest()
-
-def save_features(path, feats: Tensor, meta: dict | None = None) -> Path:  # feats [N, C, h, w]
-    "Write `feats` (float32) and a JSON-serialisable `meta` dict to a .safetensors file, atomically."
-    import safetensors.torch as st
-    path = Path(path)
-    if path.suffix != ".safetensors": raise ValueError(f"path: expected a .safetensors file name, got {path}")
-    feats = check_tensor(feats, "feats", (None, None, None, None), dtype=torch.float32).contiguous()
-    return atomic_write_bytes(path, st.save({"feats": feats}, metadata={"meta": json.dumps(meta or {})}))
-
-def load_features(path) -> tuple[Tensor, dict]:
-    "Read `(feats [N, C, h, w], meta)` written by `save_features`, with a clear error for a missing or foreign file."
-    from safetensors import safe_open
-    path = Path(path)
-    if not path.exists(): raise ValueError(f"{path}: file not found")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("meta", "{}"))
-            return f.get_tensor("feats"), meta
-    except Exception as e:
-        raise ValueError(f"{path}: not a feature file written by save_features ({type(e).__name__}: {e})") from None
-
-def cached_features(feature_fn: Callable, images, path, key: str = "", **kwargs) -> Tensor:  # images [N, 3, H, W] -> [N, C, h, w]
-    "`extract_features(feature_fn, images, **kwargs)`, reusing the file at `path` if it was made from the same images and `key`."
-    path = Path(path)
-    meta = {"images_sha1": images_fingerprint(images), "key": str(key)}
-    if path.exists():
-        try:
-            feats, old = load_features(path)
-            if old.get("images_sha1") == meta["images_sha1"] and old.get("key") == meta["key"] and len(feats) == len(images):
-                return feats
-        except ValueError: pass                                    # unreadable: recompute and overwrite
-    feats = extract_features(feature_fn, images, **kwargs)
-    save_features(path, feats, {**meta, "shape": list(feats.shape)})
-    return feats
+__all__ = ['IGNORE_INDEX', 'SEG_KEYS', 'DEPTH_KEYS', 'seg_labels', 'valid_depth', 'SegProbe', 'seg_loss', 'predict_seg',
+           'eval_seg_probe', 'fit_seg_probe', 'DepthProbe', 'depth_loss', 'predict_depth', 'eval_depth_probe',
+           'fit_depth_probe', 'summarize', 'run_probes', 'probe_input', 'unit_scores', 'format_table',
+           'position_features']
 
 # %% ../nbs/13_probes.ipynb #8f6ef91e
+IGNORE_INDEX = 255
+
 def _check_num_classes(num_classes) -> int:
     return check_int(num_classes, "num_classes", 1, IGNORE_INDEX - 1)   # class ids stay below the ignore index
 
@@ -181,20 +43,13 @@ def seg_labels(semantic, num_classes: int, name: str = "labels") -> Tensor:  # s
                          f"got {t[bad].unique()[:5].tolist()}")
     return t
 
-def _check_feats(feats, name: str) -> Tensor:
-    if not isinstance(feats, Tensor): raise ValueError(f"{name}: expected a tensor [N, C, h, w], got {type(feats).__name__}")
-    feats = check_tensor(feats, name, (None, None, None, None), finite=False)
-    if feats.numel() == 0: raise ValueError(f"{name}: empty tensor {list(feats.shape)}")
-    if not torch.isfinite(feats).all(): raise ValueError(f"{name}: contains NaN or infinite values")
-    return feats.float()
-
 def _check_targets(t, name: str, feats: Tensor, feats_name: str) -> None:
     if t.ndim != 3: raise ValueError(f"{name}: expected shape [N, H, W], got {list(t.shape)}")
     if len(t) != len(feats):
         raise ValueError(f"{name}: expected {len(feats)} maps (one per feature map in {feats_name}), got {len(t)}")
 
 def _seg_pair(feats, labels, num_classes, fname: str, lname: str) -> tuple[Tensor, Tensor]:
-    feats = _check_feats(feats, fname)
+    feats = check_features(feats, fname)
     labels = seg_labels(labels, num_classes, lname)
     _check_targets(labels, lname, feats, fname)
     if not (labels != IGNORE_INDEX).any(): raise ValueError(f"{lname}: every pixel is ignored")
@@ -205,7 +60,7 @@ def valid_depth(depth: Tensor) -> Tensor:  # depth [...] -> [...] bool
     return torch.isfinite(depth) & (depth > 0)
 
 def _depth_pair(feats, depth, fname: str, dname: str) -> tuple[Tensor, Tensor]:
-    feats = _check_feats(feats, fname)
+    feats = check_features(feats, fname)
     depth = check_tensor(depth, dname, finite=False, dtype=torch.float32)
     _check_targets(depth, dname, feats, fname)
     if not valid_depth(depth).any(): raise ValueError(f"{dname}: no valid pixel (depth must be finite and > 0)")
@@ -216,8 +71,8 @@ def _position_bias(grid, channels: int) -> nn.Parameter | None:
     "A zero-initialised learned bias [channels, h, w] for token grid `grid` = (h, w), or None."
     if grid is None: return None
     grid = tuple(grid)
-    if len(grid) != 2 or any(not isinstance(g, int) or isinstance(g, bool) or g < 1 for g in grid):
-        raise ValueError(f"grid: expected (h, w) with positive ints, got {grid}")
+    if len(grid) != 2: raise ValueError(f"grid: expected (h, w) with positive ints, got {grid}")
+    grid = tuple(check_int(g, "grid") for g in grid)
     return nn.Parameter(torch.zeros(channels, *grid))
 
 def _add_position(x: Tensor, pos: Tensor | None) -> Tensor:  # x [B, K, h, w], pos [K, h, w] or None
@@ -260,7 +115,7 @@ def seg_loss(logits: Tensor, labels: Tensor) -> Tensor:  # logits [B, K, H, W], 
 @torch.no_grad()
 def predict_seg(probe: SegProbe, feats: Tensor, size, batch_size: int = 64) -> Tensor:  # feats [N, C, h, w] -> [N, H, W] int64
     "Predicted class ids at resolution `size` = (H, W)."
-    probe.eval(); dev = _module_device(probe)
+    probe.eval(); dev = module_device(probe)
     # .max(1).indices: the same first-maximum ids as argmax(1), several times faster on CPU for [B, K, H, W]
     return torch.cat([probe(feats[i:i + batch_size].to(dev), size).max(1).indices.cpu() for i in range(0, len(feats), batch_size)])
 
@@ -379,7 +234,7 @@ def depth_loss(log_pred: Tensor, depth: Tensor) -> Tensor:  # log_pred [B, H, W]
 @torch.no_grad()
 def predict_depth(probe: DepthProbe, feats: Tensor, size, batch_size: int = 64) -> Tensor:  # feats [N, C, h, w] -> [N, H, W]
     "Predicted depth (metres, > 0) at resolution `size` = (H, W)."
-    probe.eval(); dev = _module_device(probe)
+    probe.eval(); dev = module_device(probe)
     return torch.cat([probe(feats[i:i + batch_size].to(dev), size).exp().cpu() for i in range(0, len(feats), batch_size)])
 
 def eval_depth_probe(probe: DepthProbe, feats, depth, batch_size: int = 64) -> dict:  # feats [N, C, h, w], depth [N, H, W]
@@ -420,38 +275,6 @@ def fit_depth_probe(train_feats, train_depth, val_feats, val_depth, head: str = 
     hist["head"] = head
     return probe, hist
 
-# %% ../nbs/13_probes.ipynb #27d3a9be
-def token_moments(feats: Tensor, chunk: int = 64, name: str = "feats") -> tuple[Tensor, Tensor]:  # feats [N, C, h, w] -> (mean [C], cov [C, C]) float64
-    "Mean and (population) covariance of all tokens of a feature split, summed in float64 a chunk of images at a time."
-    feats = _check_feats(feats, name)
-    C = feats.shape[1]
-    n, s1, s2 = 0, torch.zeros(C, dtype=torch.float64), torch.zeros(C, C, dtype=torch.float64)
-    for i in range(0, len(feats), chunk):
-        X = feats[i:i + chunk].permute(0, 2, 3, 1).reshape(-1, C).double()  # [n_tokens, C]
-        n += len(X); s1 += X.sum(0); s2 += X.T @ X
-    mu = s1 / n
-    cov = s2 / n - torch.outer(mu, mu)
-    return mu, (cov + cov.T) / 2
-
-def fit_whitening(train_feats: Tensor, shrink: float = 0.1, chunk: int = 64) -> tuple[Tensor, Tensor]:  # train_feats [N, C, h, w] -> (mean [C], W [C, C])
-    "Mean and shrunk ZCA whitening matrix (Σ + ε I)^(-1/2), ε = shrink · mean eigenvalue, of the train tokens."
-    shrink = check_number(shrink, "shrink", 0, lo_open=True)
-    mu, cov = token_moments(train_feats, chunk, "train_feats")
-    evals, evecs = torch.linalg.eigh(cov)
-    evals = evals.clamp_min(0)
-    eps = float(shrink) * float(evals.mean())
-    if eps <= 0: raise ValueError("train_feats: every channel is constant over the train split; nothing to whiten")
-    W = evecs @ torch.diag((evals + eps).rsqrt()) @ evecs.T
-    return mu.float(), W.float()
-
-def apply_whitening(feats: Tensor, mean: Tensor, W: Tensor, chunk: int = 64) -> Tensor:  # feats [N, C, h, w], mean [C], W [C, C] -> [N, C, h, w]
-    "W (f − mean) at every token."
-    feats = _check_feats(feats, "feats")
-    if mean.shape != (feats.shape[1],) or W.shape != (feats.shape[1],) * 2:
-        raise ValueError(f"feats: {feats.shape[1]} channels, but the whitening was fitted on {mean.shape[0]}")
-    return torch.cat([torch.einsum("nchw,kc->nkhw", feats[i:i + chunk].float() - mean.view(1, -1, 1, 1), W)
-                      for i in range(0, len(feats), chunk)]).contiguous()
-
 # %% ../nbs/13_probes.ipynb #a0d46f12
 SEG_KEYS, DEPTH_KEYS = ("mIoU", "mAcc", "aAcc"), ("rmse", "abs_rel", "delta1")
 
@@ -488,7 +311,7 @@ def run_probes(feature_fn: Callable | None, splits: dict, num_classes: int, seed
         raise ValueError("feature_fn: needed unless `features` holds precomputed train, val and test features")
 
     def feats_of(name):
-        if name in features: return _check_feats(features[name], f"features[{name!r}]")
+        if name in features: return check_features(features[name], f"features[{name!r}]")
         images = splits[name][0]
         if cache_dir is not None:
             return cached_features(feature_fn, images, Path(cache_dir) / f"{cache_key}_{name}.safetensors", key=cache_key,
@@ -581,35 +404,3 @@ def position_features(n: int, grid) -> Tensor:  # -> [n, h*w, h, w]
     "The layout-prior baseline's features: the one-hot token position on an (h, w) grid, the same for all `n` images."
     h, w = (check_int(g, "grid") for g in tuple(grid))
     return torch.eye(h * w).reshape(h * w, h, w)[None].expand(check_int(n, "n"), -1, -1, -1)
-
-# %% ../nbs/13_probes.ipynb #ce55534a
-def view_pairs(n_views: int, gap: int = 2, per_room: int = 4) -> list[tuple[int, int]]:
-    "Up to `per_room` pairs (v, v+gap) of views spread evenly along a camera path of `n_views`."
-    if gap < 1 or gap >= n_views: raise ValueError(f"gap: expected 1 <= gap < n_views={n_views}, got {gap}")
-    starts = np.unique(np.linspace(0, n_views - gap - 1, min(per_room, n_views - gap)).round().astype(int))
-    return [(int(a), int(a) + gap) for a in starts]
-
-def run_consistency(feature_fn: Callable, rooms: list, seeds=(0, 1, 2), gap: int = 2, per_room: int = 4,
-                    max_points: int = 500, radius: float | None = None, ddof: int = 0, batch_size: int = 16) -> dict:
-    "Cosine similarity and correspondence accuracy over view pairs of `rooms` (dicts of rgb [V,3,H,W], depth [V,H,W], K [V,3,3], viewmats [V,4,4])."
-    from condense_nb.metrics import multiview_consistency
-    if not rooms: raise ValueError("rooms: expected at least one room")
-    per_seed = {s: {"cos": [], "acc": [], "n": []} for s in seeds}
-    for room in rooms:
-        for k in ("rgb", "depth", "K", "viewmats"):
-            if k not in room: raise ValueError(f"rooms: each room needs {k!r} (rgb, depth, K, viewmats)")
-        feats = extract_features(feature_fn, room["rgb"], batch_size=batch_size)
-        for a, b in view_pairs(len(room["rgb"]), gap, per_room):
-            for s in seeds:
-                try:
-                    r = multiview_consistency(feats[a], feats[b], room["depth"][a], room["K"][a], room["viewmats"][a],
-                                              room["depth"][b], room["K"][b], room["viewmats"][b], radius=radius,
-                                              max_points=max_points, generator=torch.Generator().manual_seed(s))
-                except ValueError as e:
-                    if "overlap" in str(e): continue                     # the two views see nothing in common
-                    raise
-                per_seed[s]["cos"].append(r["cos_sim"]); per_seed[s]["acc"].append(r["corr_acc"]); per_seed[s]["n"].append(r["n"])
-    rows = [{"seed": s, "cos_sim": float(np.average(v["cos"], weights=v["n"])), "corr_acc": float(np.mean(v["acc"])),
-             "pairs": len(v["acc"])} for s, v in per_seed.items() if v["acc"]]
-    if not rows: raise ValueError("rooms: no view pair overlapped; try a smaller gap")
-    return {"per_seed": rows, **summarize(rows, ("cos_sim", "corr_acc"), ddof)}

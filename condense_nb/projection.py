@@ -58,9 +58,9 @@ def _check_points(points, name="points") -> Tensor:
     return points
 
 def _check_size(size) -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8 or size % 2:
+    if check_int(size, "size", 8) % 2:
         raise ValueError(f"size: expected an even int >= 8 (the image is size x size; the paper uses 224), got {size!r}")
-    return size
+    return int(size)
 
 def view_rotations(views, dtype=torch.float32) -> Tensor:  # -> [V, 3, 3]
     "Rotations for `views`: 'axis3' (official), an int n (a ring of n views, 30° elevation), or a [V,3,3] tensor of rotations."

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .core import check_tensor, check_choice, check_int
+from .core import check_tensor, check_choice, check_int, check_same_shape
 
 # %% auto #0
 __all__ = ['TEXT_DIM', 'global_embedding', 'SceneRepository', 'set_similarity', 'match_scores', 'rank', 'match_image',
@@ -207,7 +207,7 @@ def embed_texts(texts, model=None, batch_size: int = 32) -> Tensor:  # -> [N, 38
 def info_nce(a: Tensor, b: Tensor, temperature: float = 0.07) -> Tensor:  # [N, D], [N, D] -> []
     "Symmetric InfoNCE (CLIP): row i of `a` and row i of `b` are the positive pair, all other rows negatives."
     a, b = _check_desc(a, "a"), _check_desc(b, "b", a.shape[1])
-    if a.shape != b.shape: raise ValueError(f"a, b: shapes differ ({list(a.shape)} vs {list(b.shape)})")
+    check_same_shape("a, b", a, b)
     if not temperature > 0: raise ValueError(f"temperature: expected > 0, got {temperature}")
     z = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature
     y = torch.arange(len(a), device=a.device)

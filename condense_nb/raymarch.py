@@ -9,11 +9,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .core import check_tensor, check_int
+from .core import check_tensor, check_int, check_same_shape
 
 # %% auto #0
-__all__ = ['check_aabb', 'ray_aabb', 'stratified_samples', 'check_grid', 'sample_grid_reference', 'sample_grid', 'volume_render',
-           'fuse_occupancy', 'importance_samples', 'render_rays', 'ray_profile']
+__all__ = ['check_aabb', 'ray_aabb', 'stratified_samples', 'check_grid', 'sample_grid_reference', 'sample_grid', 'check_samples',
+           'volume_render', 'fuse_occupancy', 'importance_samples', 'render_rays', 'ray_profile']
 
 # %% ../nbs/40_raymarch.ipynb #1cbc3cc5
 def check_aabb(aabb) -> Tensor:  # aabb [2, 3]
@@ -25,7 +25,7 @@ def check_aabb(aabb) -> Tensor:  # aabb [2, 3]
 
 def _check_rays(origins, dirs) -> tuple[Tensor, Tensor]:
     origins, dirs = check_tensor(origins, "origins", (None, 3)), check_tensor(dirs, "dirs", (None, 3))
-    if origins.shape != dirs.shape: raise ValueError(f"origins, dirs: shapes differ ({list(origins.shape)} vs {list(dirs.shape)})")
+    check_same_shape("origins, dirs", origins, dirs)
     return origins, dirs
 
 def ray_aabb(origins: Tensor, dirs: Tensor, aabb: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # [R, 3], [R, 3], [2, 3]
@@ -96,14 +96,18 @@ def sample_grid(grid: Tensor, aabb: Tensor, points: Tensor) -> Tensor:  # [C, D,
     return out[0, :, :, 0, 0].T * _inside(points, aabb)[:, None]
 
 # %% ../nbs/40_raymarch.ipynb #3cb89077
-def volume_render(sigmas: Tensor, values: Tensor, t_starts: Tensor, t_ends: Tensor) -> dict:  # [R,S], [R,S,C], [R,S], [R,S]
-    "NeRF compositing: values [R,C], weights [R,S], opacity [R], depth [R]."
+def check_samples(sigmas: Tensor, values: Tensor, t_starts: Tensor, t_ends: Tensor) -> None:  # [R,S], [R,S,C], [R,S], [R,S]
+    "The contract of `volume_render`: R rays of S samples, C channels per sample, non-negative densities."
     for name, t in (("sigmas", sigmas), ("t_starts", t_starts), ("t_ends", t_ends)):
         if not isinstance(t, Tensor) or t.ndim != 2: raise ValueError(f"{name}: expected a tensor [R, S], got {getattr(t, 'shape', type(t))}")
-    if not (sigmas.shape == t_starts.shape == t_ends.shape): raise ValueError(f"sigmas, t_starts, t_ends: shapes differ ({list(sigmas.shape)}, {list(t_starts.shape)}, {list(t_ends.shape)})")
+    check_same_shape("sigmas, t_starts, t_ends", sigmas, t_starts, t_ends)
     if not isinstance(values, Tensor) or values.ndim != 3 or values.shape[:2] != sigmas.shape:
         raise ValueError(f"values: expected shape [R, S, C] = [{sigmas.shape[0]}, {sigmas.shape[1]}, C], got {getattr(values, 'shape', type(values))}")
     if (sigmas < 0).any(): raise ValueError("sigmas: densities must be >= 0")
+
+def volume_render(sigmas: Tensor, values: Tensor, t_starts: Tensor, t_ends: Tensor) -> dict:  # [R,S], [R,S,C], [R,S], [R,S]
+    "NeRF compositing: values [R,C], weights [R,S], opacity [R], depth [R]."
+    check_samples(sigmas, values, t_starts, t_ends)                          # the contract, checked once at the boundary
     tau = sigmas * (t_ends - t_starts)                                       # optical thickness of each interval
     alpha = 1 - torch.exp(-tau)
     T = torch.exp(-(torch.cumsum(tau, -1) - tau))                            # exclusive: light reaching interval i

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
-from .core import check_tensor, check_choice, check_int, save_json, atomic_save_image
+from .core import check_tensor, check_choice, check_int, check_number, save_json, atomic_save_image
 from .datasets import read_text, read_json
 
 # %% auto #0
@@ -49,10 +49,8 @@ def viewmat_to_c2w_opengl(viewmat) -> Tensor:  # viewmat [..., 4, 4] -> c2w [...
 # %% ../nbs/05_realdata.ipynb #9e610983
 _DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
 
-def _number(value, where: str, key: str, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (positive and value <= 0):
-        raise ValueError(f"{where}: '{key}' must be a finite{' positive' if positive else ''} number, got {value!r}")
-    return float(value)
+def _number(value, where: str, key: str, positive: bool = False) -> float:  # a finite (positive) number read from a file
+    return check_number(value, f"{where}: '{key}'", 0 if positive else None, lo_open=positive)
 
 def _angle(value, where: str, key: str) -> float:  # a field of view in radians, in (0, pi)
     v = _number(value, where, key, True)

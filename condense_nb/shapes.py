@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 from .core import check_choice, check_int
 from . import scenes
-from .scenes import Scene, make_object, sample_points, render, box, CLASS_ID, PALETTE, AGAINST_WALL, BOX
+from .scenes import Scene, sample_points, render, box, CLASS_ID, PALETTE, BOX
+from .rooms import make_object, AGAINST_WALL
 from .cameras import intrinsics, look_at, unproject
 
 # %% auto #0
@@ -22,9 +23,7 @@ __all__ = ['SHAPE_CLASSES', 'SCAN_FOV', 'SPLIT_SEED_OFFSETS', 'CLASS_STRIDE', 'n
 SHAPE_CLASSES = scenes.OBJECT_CLASSES
 
 def _check_class(class_id) -> int:
-    if isinstance(class_id, (bool, np.bool_)) or not isinstance(class_id, (int, np.integer)) or not 0 <= class_id < len(SHAPE_CLASSES):
-        raise ValueError(f"class_id: expected an int in [0, {len(SHAPE_CLASSES)}) indexing SHAPE_CLASSES, got {class_id!r}")
-    return int(class_id)
+    return check_int(class_id, "class_id (an index into SHAPE_CLASSES)", 0, len(SHAPE_CLASSES) - 1)
 
 # %% ../nbs/03_shapes.ipynb #c0b42065
 def normalize_unit_sphere(points) -> tuple[Tensor, Tensor, Tensor]:  # points [N, 3] -> points [N, 3], centre [3], scale []

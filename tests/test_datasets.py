@@ -13,7 +13,8 @@ import torch
 
 from condense_nb import datasets as D
 from condense_nb.cameras import intrinsics, inroom_path, camera_center
-from condense_nb.scenes import CLASSES, make_room, render, sample_points, scene_from_dict
+from condense_nb.scenes import CLASSES, render, sample_points, scene_from_dict
+from condense_nb.rooms import make_room
 
 MICRO = D.get_preset("tiny", name="micro", rooms_train=2, rooms_val=1, rooms_test=2, views_per_room=2, width=32, height=24,
                      points_per_room=512, dup_rooms=1, dups_per_room=1, shapes_train=0, shapes_val=0, shapes_test=0)

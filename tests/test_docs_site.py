@@ -132,8 +132,8 @@ def test_pages_render_in_a_real_browser(served, tmp_path):
 def test_home_page_reading_order_matches_readme():
     "The docs home page (nbs/index.ipynb) and README list the same notebooks with the same descriptions and CPU times."
     row = r"^\| {0} \| (.*) \| (\d+ s) \|$"
-    readme = {m[0]: m[1:] for m in re.findall(row.format(r"`(\d\d_\w+)`"), (ROOT/"README.md").read_text(), re.M)}
+    readme = {m[0]: m[1:] for m in re.findall(row.format(r"`(\d\d[a-z]?_\w+)`"), (ROOT/"README.md").read_text(), re.M)}
     index = json.loads((ROOT/"nbs"/"index.ipynb").read_text())
-    home = {m[0]: m[2:] for m in re.findall(row.format(r"\[(\d\d_\w+)\]\((\1)\.ipynb\)"),
+    home = {m[0]: m[2:] for m in re.findall(row.format(r"\[(\d\d[a-z]?_\w+)\]\((\1)\.ipynb\)"),
                                             "\n".join("".join(c["source"]) for c in index["cells"]), re.M)}
     assert len(readme) >= 20 and home == readme, sorted(set(home.items()) ^ set(readme.items()))[:4]

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from condense_nb.encoder3d import (voxel_index, voxel_centers, voxelize_points, voxel_labels, fuse_rgbd, scene_aabb, iou,
                                    InputHead, UNet3D, Encoder3D, SegHead3D, ClsHead3D)
 from condense_nb.raymarch import fuse_occupancy
-from condense_nb.scenes import make_room, render, sample_points
+from condense_nb.scenes import render, sample_points
+from condense_nb.rooms import make_room
 from condense_nb.cameras import intrinsics, inroom_path, look_at
 
 AABB = torch.tensor([[-1.0, -2.0, 0.5], [2.0, 1.0, 1.5]], dtype=torch.float64)

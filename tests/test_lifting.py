@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from condense_nb.cameras import intrinsics, look_at, project, unproject
-from condense_nb import scenes
+from condense_nb import scenes, rooms
 from condense_nb.lifting import (FeatureGaussians, GAUSSIAN_PARAMS, LiftConfig, SSIM_C1, SSIM_C2, densify_gaussians,
                                  init_from_depth, lift_losses, lift_scene, lift_scenes, load_gaussians, make_optimizer,
                                  means_lr, prune_gaussians, save_gaussians, scene_views, shard_scenes, ssim,
@@ -32,7 +32,7 @@ F64 = torch.float64
 
 @pytest.fixture(scope="module")
 def views():
-    return scene_views(scenes.make_room(5, n_objects=4), 4, width=48, height=32, seed=2)
+    return scene_views(rooms.make_room(5, n_objects=4), 4, width=48, height=32, seed=2)
 
 
 def pool_teacher(images):  # images [B, 3, H, W] -> [B, 6, H/8, W/8]: a deterministic, view-dependent "teacher"

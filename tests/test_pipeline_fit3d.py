@@ -188,3 +188,57 @@ def test_stale_gaussians_are_refused(fit3d):
     tmp, root, out = fit3d
     with pytest.raises(pm.PapermillExecutionError, match="lifted with another teacher or LiftConfig"):
         run_pipeline(tmp, out, overrides=json.dumps(dict(OVERRIDES, lift=dict(iterations=17))))
+
+
+def test_pinned_metrics(fit3d):
+    "Every number pipeline 20 writes at `tiny` (with this file's overrides) equals the pinned value (tests/pinning.py)."
+    from pinning import check_pinned
+    check_pinned("pipeline_fit3d", json.loads((fit3d[2]/"metrics.json").read_text()))
+
+
+def _rank_pids(parent: int) -> dict:
+    "{RANK: pid} of the torchrun workers below process `parent` (Linux /proc)."
+    out = {}
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit(): continue
+        try:
+            ppid = int((p/"stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = dict(kv.split("=", 1) for kv in (p/"environ").read_bytes().decode(errors="replace").split("\0") if "=" in kv)
+        except (OSError, ValueError, IndexError): continue
+        if "RANK" in env and "LOCAL_RANK" in env and (ppid == parent or str(parent) in env.get("TORCHELASTIC_AGENT_PID", "")):
+            out[int(env["RANK"])] = int(p.name)
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the torchrun workers through Linux /proc")
+def test_torchrun_killed_rank_loses_nothing(fit3d, tmp_path):
+    """SIGKILL one of two torchrun ranks while it lifts: the rooms already written stay as they are, nothing half-written
+    is left where a room belongs, and a rerun lifts exactly the missing rooms, each once."""
+    import signal, time
+    from condense_nb.lifting import load_gaussians
+    tmp, root, out = fit3d
+    spec = json.loads((out/"lift_stage1.json").read_text())
+    spec["out"] = str(tmp_path/"gaussians"); spec["lift_config"]["iterations"] = 150   # a few seconds a room: time to kill
+    (tmp_path/"lift_stage1.json").write_text(json.dumps(spec))
+    (tmp_path/"lift_stage1.py").write_text((out/"lift_stage1.py").read_text())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(tmp_path/"lift_stage1.py")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    g = tmp_path/"gaussians"
+    p = subprocess.Popen(cmd, cwd=str(tmp_path), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while p.poll() is None and time.time() < deadline and not list(g.glob("*.safetensors")): time.sleep(0.02)
+    first = list(g.glob("*.safetensors"))
+    assert len(first) == 1 and p.poll() is None, "expected one finished room while the ranks still run"
+    victim = load_gaussians(first[0]).meta["rank"]                         # busy with its second room now
+    os.kill(_rank_pids(p.pid)[victim], signal.SIGKILL)
+    err = p.communicate(timeout=120)[1]
+    assert p.returncode != 0, err[-2000:]                                   # torchrun saw the failure and stopped
+    kept = {f: f.stat().st_mtime_ns for f in g.glob("*.safetensors")}
+    assert 1 <= len(kept) < len(spec["scene_ids"])                          # the kill cost at least one room
+    for f in kept: load_gaussians(f)                                        # whatever is there is whole
+    r = subprocess.run(cmd, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    done = {f.stem: f for f in g.glob("*.safetensors")}
+    assert sorted(done) == sorted(map(str, spec["scene_ids"]))               # every room, once
+    assert {f: f.stat().st_mtime_ns for f in kept} == kept                   # the finished ones were not lifted again
+    for f in done.values(): assert load_gaussians(f).meta["config"]["iterations"] == 150

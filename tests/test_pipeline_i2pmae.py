@@ -151,3 +151,10 @@ def test_i2pmae_run_without_papermill(tiny_run, tmp_path):
         run(I2PMAEConfig.from_preset("tiny", **{**cfg.__dict__, "temperature": 0.5}), base / "data", tmp_path / "run", teacher)
     with pytest.raises(ValueError, match="pretrained|no pre-training here"):
         pretrained(tmp_path / "run", "i2p_guided", 4)
+
+
+@pytest.mark.kernel
+def test_pinned_metrics(tiny_run):
+    "Every number pipeline 30 writes at `tiny` (two seeds) equals the pinned value (tests/pinning.py)."
+    from pinning import check_pinned
+    check_pinned("pipeline_i2pmae", tiny_run[2])

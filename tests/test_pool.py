@@ -5,7 +5,7 @@ import pytest
 import torch
 from condense_nb.pool import POOL_OFFSET, PoolConfig, PoolImages, build_pool, build_shard, pool_seeds, shard_paths
 from condense_nb.datasets import PRESETS, room_plan
-from condense_nb.scenes import make_room
+from condense_nb.rooms import make_room
 
 CFG = PoolConfig(name="p", rooms=5, views_per_room=2, width=24, height=16, rooms_per_shard=2)
 

@@ -6,12 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from condense_nb import probes
-from condense_nb.probes import (IGNORE_INDEX, SEG_KEYS, DEPTH_KEYS, SegProbe, DepthProbe, cached_features,
-                                concat_feature_fns, depth_loss, eval_depth_probe, eval_seg_probe, extract_features,
-                                fit_depth_probe, fit_seg_probe, format_table, images_fingerprint, load_features,
-                                predict_depth, predict_seg, rgb_feature_fn, run_probes, save_features, seg_labels,
-                                seg_loss, summarize)
+from condense_nb import probes, features
+from condense_nb.probes import IGNORE_INDEX, SEG_KEYS, DEPTH_KEYS, SegProbe, DepthProbe, depth_loss, eval_depth_probe, eval_seg_probe, fit_depth_probe, fit_seg_probe, format_table, predict_depth, predict_seg, run_probes, seg_labels, seg_loss, summarize
+from condense_nb.features import cached_features, concat_feature_fns, extract_features, images_fingerprint, load_features, rgb_feature_fn, save_features
 from condense_nb.metrics import segmentation_metrics, depth_metrics
 
 
@@ -242,16 +239,16 @@ def test_whitening_matches_numpy_and_shrinks_each_direction():
     X = feats.permute(0, 2, 3, 1).reshape(-1, 5).double().numpy()
     lam, V = np.linalg.eigh(np.cov(X.T, bias=True))
     for shrink in (1e-8, 0.1, 1.0):
-        mu, W = probes.fit_whitening(feats, shrink)
+        mu, W = features.fit_whitening(feats, shrink)
         ref = V @ np.diag(1 / np.sqrt(lam.clip(0) + shrink * lam.clip(0).mean())) @ V.T
         np.testing.assert_allclose(mu.numpy(), X.mean(0), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(W.numpy(), ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
-        Y = probes.apply_whitening(feats, mu, W).permute(0, 2, 3, 1).reshape(-1, 5).double().numpy()
+        Y = features.apply_whitening(feats, mu, W).permute(0, 2, 3, 1).reshape(-1, 5).double().numpy()
         # in the covariance's eigenbasis, direction i keeps the variance λ_i / (λ_i + ε)
         cov_eig = V.T @ np.cov(Y.T, bias=True) @ V
         np.testing.assert_allclose(np.diag(cov_eig), lam / (lam + shrink * lam.mean()), atol=2e-3)
-    with pytest.raises(ValueError, match="shrink: expected a positive number"): probes.fit_whitening(feats, -1.0)
-    with pytest.raises(ValueError, match="whitening was fitted on 5"): probes.apply_whitening(feats[:, :4], mu, W)
+    with pytest.raises(ValueError, match="shrink: expected a positive number"): features.fit_whitening(feats, -1.0)
+    with pytest.raises(ValueError, match="whitening was fitted on 5"): features.apply_whitening(feats[:, :4], mu, W)
 
 
 def test_whitening_rescues_an_ill_conditioned_copy_of_good_features():
@@ -371,13 +368,13 @@ def test_input_validation_messages():
 
 
 def test_view_pairs_and_run_consistency_aggregation():
-    from condense_nb.probes import view_pairs, run_consistency
+    from condense_nb.diagnostics import view_pairs, run_consistency
     from condense_nb.metrics import multiview_consistency
-    from condense_nb import scenes, cameras
+    from condense_nb import scenes, cameras, rooms
     assert view_pairs(6, 1, 10) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
     W, H = 40, 30
     K = cameras.intrinsics(75, W, H)
-    sc = scenes.make_room(3)
+    sc = rooms.make_room(3)
     Vs = cameras.inroom_path(sc.meta["size"], 4, seed=1)
     outs = [scenes.render(sc, K, v, W, H, shadows=False) for v in Vs]
     room = dict(rgb=torch.stack([o["rgb"].permute(2, 0, 1) for o in outs]), depth=torch.stack([o["depth"] for o in outs]),

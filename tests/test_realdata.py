@@ -225,8 +225,8 @@ def _frame(**kw):
     (_frame(file_path="images/missing.png"), "frames[0]: image file not found"),
     (_frame(depth_file_path="depth/missing.png"), "frames[0]: depth file not found"),
     ({k: v for k, v in GOOD.items() if k != "cx"}, "frames[0]: missing intrinsics key 'cx'"),
-    ({**GOOD, "fl_x": -1.0}, "'fl_x' must be a finite positive number"),
-    ({**GOOD, "depth_unit_scale_factor": 0}, "'depth_unit_scale_factor' must be a finite positive number"),
+    ({**GOOD, "fl_x": -1.0}, "'fl_x': expected a positive number"),
+    ({**GOOD, "depth_unit_scale_factor": 0}, "'depth_unit_scale_factor': expected a positive number"),
     ([1, 2, 3], "expected a JSON object at the top level"),
 ])
 def test_bad_transforms_errors_name_the_file(tmp_path, meta, message):

@@ -81,7 +81,8 @@ def test_probe_stage_run_without_papermill(tiny_run, tmp_path):
     import torch
     from condense_nb.encoders import load_encoder
     from condense_nb.probe_stage import ProbeStageConfig, run
-    from condense_nb.probes import probe_input, predict_seg, extract_features
+    from condense_nb.probes import probe_input, predict_seg
+    from condense_nb.features import extract_features
     from condense_nb.metrics import segmentation_metrics
     from condense_nb.scenes import CLASSES
     _, base = tiny_run
@@ -96,3 +97,12 @@ def test_probe_stage_run_without_papermill(tiny_run, tmp_path):
     feats = probe_input(r, extract_features(teacher, imgs))
     got = segmentation_metrics(predict_seg(r["probes"][0]["seg"], feats, tuple(imgs.shape[-2:])), labels, len(CLASSES))
     assert got["mIoU"] == pytest.approx(m["probes"]["teacher"]["seg"]["per_seed"][0]["mIoU"])
+
+
+@pytest.mark.kernel
+def test_pinned_tiny_metrics(tiny_run):
+    "Every number the data, teacher and probes stages write at `tiny` equals the pinned value (tests/pinning.py)."
+    from pinning import check_pinned
+    rc, base = tiny_run
+    for stage in STAGES.split(","):
+        check_pinned(f"reproduce_tiny/{stage}", json.loads((base / "runs" / "tiny" / stage / "metrics.json").read_text()))

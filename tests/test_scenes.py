@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 from condense_nb.cameras import intrinsics, look_at, get_rays, unproject, project, inroom_path
-from condense_nb.scenes import (Scene, sphere, box, cylinder, render, make_room, sample_points, caption, near_duplicate,
-                                object_gallery_scene, make_object, CLASSES, CLASS_ID, OBJECT_CLASSES, SPHERE, BOX, PALETTE)
+from condense_nb.scenes import Scene, sphere, box, cylinder, render, sample_points, CLASSES, CLASS_ID, OBJECT_CLASSES, SPHERE, BOX, PALETTE
+from condense_nb.rooms import make_room, caption, near_duplicate, object_gallery_scene, make_object
 
 
 # ---------- an independent reference: signed distance functions + sphere tracing ----------

@@ -3,7 +3,7 @@ import functools, math
 import numpy as np
 import pytest
 import torch
-from condense_nb import scenes
+from condense_nb import scenes, rooms
 from condense_nb.cameras import project
 from condense_nb.shapes import (SHAPE_CLASSES, SPLIT_SEED_OFFSETS, CLASS_STRIDE, make_shape, shape_record, make_scan,
                                 scan_record, split_items, make_shape_set)
@@ -92,7 +92,7 @@ def test_clean_shape_is_normalised_surface_of_the_object(cid):
     c = w.mean(0); s = (w - c).norm(dim=-1).max()
     torch.testing.assert_close(pts.double(), (w - c) / s, atol=2e-6, rtol=0)
     # the object, rebuilt from the grammar: every point on its surface and inside no part
-    prims, _ = scenes.make_object(cid, np.random.default_rng(seed))
+    prims, _ = rooms.make_object(cid, np.random.default_rng(seed))
     d = union_sdf(w, prims)
     assert d.abs().max().item() < 2e-4, d.abs().max()
     # the cloud covers the whole object: its bounding box matches the primitives' (upright, standing on z = 0)
@@ -112,7 +112,7 @@ def test_clean_shape_deterministic_and_seed_dependent():
     torch.testing.assert_close(a, make_shape(2, 5, 256)[0], atol=0, rtol=0)
     torch.testing.assert_close(a, make_shape(np.int64(2), np.int64(5), 256)[0], atol=0, rtol=0)
     for cid in range(N_CLASSES):                                          # other seeds, other objects
-        p0, _ = scenes.make_object(cid, np.random.default_rng(0)); p1, _ = scenes.make_object(cid, np.random.default_rng(1))
+        p0, _ = rooms.make_object(cid, np.random.default_rng(0)); p1, _ = rooms.make_object(cid, np.random.default_rng(1))
         assert p0 != p1
         assert not torch.allclose(make_shape(cid, 0, 128)[0], make_shape(cid, 1, 128)[0])
 
@@ -149,7 +149,7 @@ def test_scan_points_are_what_one_camera_sees(cid, seed):
     c = q.mean(0); s = (q - c).norm(dim=-1).max()
     torch.testing.assert_close(rec["points"].double(), (q - c) / s, atol=2e-6, rtol=0)
     # the scanned object is the object of make_shape(cid, seed), turned by its yaw
-    obj, _ = scenes.make_object(cid, np.random.default_rng(seed), (0.0, 0.0), rec["box"]["yaw"], 1)
+    obj, _ = rooms.make_object(cid, np.random.default_rng(seed), (0.0, 0.0), rec["box"]["yaw"], 1)
     assert [p for p in rec["scene"].primitives if p.instance_id == 1] == obj
     others = [p for p in rec["scene"].primitives if p.instance_id != 1]
     # object points lie on the object's surface, background points on something else
