@@ -4,10 +4,9 @@
 
 # %% ../nbs/15_claims.ipynb #87660e98
 from __future__ import annotations
-import math
 from pathlib import Path
 import numpy as np
-from .core import check_int, check_number, check_choice, save_json, load_json
+from .core import check_int, check_number, check_choice, save_json, load_json, FolderLock
 
 # %% auto #0
 __all__ = ['VERDICTS', 'ROW_KEYS', 'unit_means', 'paired_bootstrap', 'verdict', 'claim_row', 'read_ledger', 'update_ledger',
@@ -92,14 +91,16 @@ def read_ledger(path) -> list[dict]:
     return rows
 
 def update_ledger(path, stage: str, rows: list[dict]) -> list[dict]:
-    "Replace `stage`'s rows of the ledger at `path` by `rows` (atomically); returns the whole ledger."
+    "Replace `stage`'s rows of the ledger at `path` by `rows` (atomically, one writer at a time); returns the whole ledger."
     for i, r in enumerate(rows):
         missing = [k for k in ROW_KEYS if k not in r]
         if missing: raise ValueError(f"rows[{i}]: missing field(s) {missing}; make rows with claim_row")
         if r["stage"] != stage: raise ValueError(f"rows[{i}]: stage {r['stage']!r} written as stage {stage!r}")
         if r["verdict"] not in VERDICTS: raise ValueError(f"rows[{i}]: unknown verdict {r['verdict']!r}")
-    ledger = [r for r in read_ledger(path) if r["stage"] != stage] + list(rows)
-    save_json(path, ledger)
+    path = Path(path)
+    with FolderLock(path.with_name(f".{path.name}.lock"), "the claims ledger", wait=120):   # read-modify-write, so writers queue
+        ledger = [r for r in read_ledger(path) if r["stage"] != stage] + list(rows)
+        save_json(path, ledger)
     return ledger
 
 # %% ../nbs/15_claims.ipynb #94be6761

@@ -377,7 +377,7 @@ def write_report(run_dir, preset: str, records: list[dict], data_root=None) -> P
     for r in records:
         if r["status"] in ("done", "cached", "stale"):
             frag = run_dir/r["stage"]/"report.md"
-            body = rewrite_links(frag.read_text(), r["stage"]).strip() if frag.exists() else \
+            body = rewrite_links(frag.read_bytes().decode("utf-8", errors="replace"), r["stage"]).strip() if frag.exists() else \
                    "_This stage wrote no `report.md` fragment._"
             if r["status"] == "stale": body = f"_Out of date: {r.get('reason') or 'a stage it reads changed'}; rerun it._\n\n" + body
             L += ["", f"## {r['stage']}", "", body]
@@ -635,7 +635,7 @@ def _cmd_pool(args) -> int:
     cfg = pool.PoolConfig.from_preset(args.preset)
     t0 = time.time()
     path = pool.build_pool(cfg, root=args.root, workers=args.workers, progress=True)
-    info = json.loads((path/"pool.json").read_text())
+    info = importlib.import_module("condense_nb.core").load_json(path/"pool.json")
     _say(f"pool {cfg.name!r} ready in {path}: {info['rooms']} rooms, {info['views']} views, {info['bytes'] / 1e6:.0f} MB; "
          f"this run {fmt_duration(time.time() - t0)}, {info['shard_seconds']:.0f} s of rendering over all runs")
     return 0

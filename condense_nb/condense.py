@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 from .core import (check_choice, check_int, check_number, preset_config, mean_std, atomic_write_bytes, load_json, save_json,
-                              cosine_schedule, save_checkpoint, load_checkpoint)
+                              cosine_schedule, save_checkpoint, load_checkpoint, st_bytes)
 from .datasets import RoomScenes
 from .encoder3d import Encoder3D, SegHead3D, fuse_rgbd, scene_aabb, voxel_labels
 from .metrics import SegMetric
@@ -24,7 +24,6 @@ from .probes import run_probes, seg_labels, unit_scores
 from .diagnostics import run_consistency
 from .features import extract_features
 import numpy as np
-import safetensors.torch as st
 from .datasets import build_preset, resolve_config
 from .encoders import save_encoder
 from .keypoints import condense_scene, nms_2d
@@ -407,7 +406,7 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
     timings["pretrain_s"] = round(time.time() - t0, 1)
     enc_kw = cfg.encoder_kwargs()
     save_encoder(models["student"], out / "condense2d.safetensors", dict(stage="condense", lam_fid=lam_fid, steps=cfg.steps))
-    atomic_write_bytes(out / "encoder3d.safetensors", st.save({k: v.contiguous() for k, v in models["enc3d"].state_dict().items()}))
+    atomic_write_bytes(out / "encoder3d.safetensors", st_bytes({k: v.contiguous() for k, v in models["enc3d"].state_dict().items()}))
     save_json(out / "encoder3d.json", dict(encoder3d=dict(enc_kw, input_types=list(enc_kw["input_types"]), widths=list(enc_kw["widths"])),
                                           res=list(cfg.res), sigma=cfg.sigma))
     # (a) 3D segmentation: pre-trained vs scratch, each run cached in out/seg

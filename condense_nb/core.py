@@ -12,9 +12,9 @@ import torch
 
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'check_tensor', 'check_choice', 'check_same_shape', 'check_int', 'check_number', 'cosine_schedule',
-           'mean_std', 'preset_config', 'atomic_write_bytes', 'atomic_write_text', 'save_json', 'load_json',
-           'atomic_save_image', 'atomic_savefig', 'remove_temp_files', 'LockedError', 'lock_holder', 'FolderLock',
-           'st_bytes', 'optimizer_tensors', 'optimizer_state', 'save_checkpoint', 'read_checkpoint',
+           'mean_std', 'preset_config', 'atomic_write_bytes', 'atomic_write_text', 'save_json', 'read_text',
+           'load_json', 'atomic_save_image', 'atomic_savefig', 'remove_temp_files', 'LockedError', 'lock_holder',
+           'FolderLock', 'st_bytes', 'optimizer_tensors', 'optimizer_state', 'save_checkpoint', 'read_checkpoint',
            'check_resume_config', 'load_checkpoint', 'seed_everything', 'get_device', 'dist_rank_world', 'all_sum',
            'all_sum_grads', 'barrier', 'broadcast_']
 
@@ -137,11 +137,17 @@ def _json_default(o):
     if isinstance(o, Path): return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
-def load_json(path) -> object:
-    "Read JSON from `path`, raising a `ValueError` that names the file if it is missing or malformed."
+def read_text(path) -> str:
+    "The UTF-8 text of `path`, raising a `ValueError` naming the file if it is missing or not UTF-8."
     path = Path(path)
-    if not path.exists(): raise ValueError(f"{path}: file not found")
-    try: return json.loads(path.read_text())
+    if not path.is_file(): raise ValueError(f"{path}: file not found")
+    try: return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e: raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+def load_json(path) -> object:
+    "JSON from the UTF-8 file `path`, raising a `ValueError` naming the file if it is missing, not UTF-8 or malformed."
+    text = read_text(path)
+    try: return json.loads(text)
     except json.JSONDecodeError as e: raise ValueError(f"{path}: malformed JSON ({e})") from None
 
 # %% ../nbs/00_core.ipynb #2d20058e
@@ -189,8 +195,8 @@ def lock_holder(path) -> int | None:
 
 class FolderLock:
     "An exclusive lock held while this process keeps `path` open (`fcntl.flock`): released on `release`, at exit or when the process dies."
-    def __init__(self, path, what: str = "this folder"):
-        self.path, self.what, self.fd, self.stale = Path(path), what, None, None
+    def __init__(self, path, what: str = "this folder", wait: float = 0.0):
+        self.path, self.what, self.wait, self.fd, self.stale = Path(path), what, wait, None, None
 
     def _refuse(self):
         info = _lock_info(self.path)
@@ -199,20 +205,24 @@ class FolderLock:
         return LockedError(f"{self.path}: {self.what} is locked by {held}; wait for that run to finish, or stop it (kill {pid})")
 
     def acquire(self) -> "FolderLock":
-        "Take the lock or raise `LockedError`; sets `stale` to the PID of a dead process whose lock file was left behind."
+        "Take the lock (retrying for up to `wait` seconds) or raise `LockedError`; sets `stale` to the PID of a dead process whose lock file was left behind."
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try: import fcntl
         except ImportError: fcntl = None
+        deadline = time.monotonic() + self.wait
         while True:
             if fcntl is None:                             # no flock (Windows): the file's existence is the lock
                 try: fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
                 except FileExistsError:
+                    if time.monotonic() < deadline: time.sleep(0.02); continue
                     e = self._refuse(); raise LockedError(f"{e}; if no such run is going, delete {self.path}") from None
                 break
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                os.close(fd); raise self._refuse() from None
+                os.close(fd)
+                if time.monotonic() < deadline: time.sleep(0.02); continue
+                raise self._refuse() from None
             try: same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError: same = False
             if same: break
@@ -239,9 +249,13 @@ class FolderLock:
 
 # %% ../nbs/00_core.ipynb #6efa63a1
 def st_bytes(tensors: dict, metadata: dict | None = None) -> bytes:
-    "The safetensors serialisation of `tensors` (made contiguous) with the string `metadata`."
+    "The safetensors serialisation of `tensors` (made contiguous) with the string `metadata`; equal inputs give equal bytes in every process."
     from safetensors.torch import save
-    return save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    raw = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")                      # header length; the JSON header follows, then the data
+    header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)                         # keep the data 8-byte aligned, as safetensors does
+    return len(header).to_bytes(8, "little") + header + raw[8 + n:]
 
 # %% ../nbs/00_core.ipynb #e1305842
 CKPT_FORMAT = "condense_nb.checkpoint/1"
@@ -264,13 +278,12 @@ def optimizer_state(tensors: dict, groups_json: str) -> dict:
 def save_checkpoint(folder, step: int, tensors: dict, opt: torch.optim.Optimizer | None = None, meta: dict | None = None,
                     keep: int = 2) -> Path:
     "Write `tensors` (+ `opt`'s state, + JSON `meta`) as `folder/ckpt/step_XXXXXXX.safetensors`, then commit `folder/latest.json`; keep the newest `keep`."
-    import safetensors.torch as st
     folder, name = Path(folder), f"ckpt/step_{check_int(step, 'step', 0):07d}.safetensors"
     otensors, groups = optimizer_tensors(opt) if opt is not None else ({}, "null")
     clash = sorted(k for k in tensors if k.startswith("optim."))
     if clash: raise ValueError(f"tensors: names starting with 'optim.' are the optimizer's ({clash[:3]})")
     md = dict(format=CKPT_FORMAT, step=str(step), meta=json.dumps(meta or {}), optim_groups=groups)
-    atomic_write_bytes(folder / name, st.save({**{k: v.detach().cpu().contiguous() for k, v in tensors.items()}, **otensors}, metadata=md))
+    atomic_write_bytes(folder / name, st_bytes({**{k: v.detach().cpu().contiguous() for k, v in tensors.items()}, **otensors}, metadata=md))
     save_json(folder / "latest.json", dict(format=CKPT_FORMAT, step=step, checkpoint=name, meta=meta or {}))
     for old in sorted((folder / "ckpt").glob("step_*.safetensors"))[:-max(1, keep)]: old.unlink()
     return folder / name

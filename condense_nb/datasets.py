@@ -19,9 +19,8 @@ from .rooms import make_room, near_duplicate, caption
 # %% auto #0
 __all__ = ['MAX_ROOMS', 'MAX_DUPS', 'PRESETS', 'SPLITS', 'ROOM_SPLITS', 'SPLIT_OFFSET', 'DUP_CHOICE_OFFSET', 'SHAPE_VARIANTS',
            'VIEW_KEYS', 'POINT_KEYS', 'DataConfig', 'get_preset', 'dup_test_rooms', 'room_plan', 'split_seeds',
-           'read_text', 'read_json', 'build_room', 'shape_plan', 'build_shape_set', 'resolve_config', 'build_preset',
-           'verify_sha256', 'check_arrays', 'verified_tensors', 'RoomViews', 'RoomScenes', 'hwc', 'ShapeSet',
-           'dataset_stats']
+           'build_room', 'shape_plan', 'build_shape_set', 'resolve_config', 'build_preset', 'verify_sha256',
+           'check_arrays', 'verified_tensors', 'RoomViews', 'RoomScenes', 'hwc', 'ShapeSet', 'dataset_stats']
 
 # %% ../nbs/04_datasets.ipynb #5512de44
 @dataclass(frozen=True)
@@ -112,20 +111,6 @@ def split_seeds(cfg: DataConfig, split: str) -> list[int]:
     check_choice(split, "split", ROOM_SPLITS)
     return [r["seed"] for r in room_plan(cfg) if r["split"] == split]
 
-# %% ../nbs/04_datasets.ipynb #101a9f5f
-def read_text(path) -> str:
-    "The UTF-8 text of `path`, raising a `ValueError` naming the file if it is missing or not UTF-8."
-    path = Path(path)
-    if not path.is_file(): raise ValueError(f"{path}: file not found")
-    try: return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e: raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
-
-def read_json(path) -> object:
-    "JSON from the UTF-8 file `path`, raising a `ValueError` naming the file if it is missing, not UTF-8 or malformed."
-    text = read_text(path)
-    try: return json.loads(text)
-    except json.JSONDecodeError as e: raise ValueError(f"{path}: malformed JSON ({e})") from None
-
 # %% ../nbs/04_datasets.ipynb #63285e88
 def _room_record(item: dict, scene: Scene) -> dict:
     keys = ("scene_id", "split", "seed", "camera_seed", "points_seed", "duplicate_of", "dup_seed")
@@ -138,7 +123,7 @@ def build_room(item: dict, cfg: DataConfig, folder) -> Path:
     if item["duplicate_of"] is not None:
         scene = near_duplicate(scene_from_dict(json.loads(json.dumps(scene_to_dict(scene), default=_default))), seed=item["dup_seed"])
     save_json(folder/"scene.json", _room_record(item, scene))
-    scene = scene_from_dict(read_json(folder/"scene.json"), str(folder/"scene.json"))   # render what is on disk
+    scene = scene_from_dict(load_json(folder/"scene.json"), str(folder/"scene.json"))   # render what is on disk
     K = intrinsics(cfg.fov, cfg.width, cfg.height)
     viewmats = inroom_path(scene.meta["size"], cfg.views_per_room, seed=item["camera_seed"])
     outs = [render(scene, K, V, cfg.width, cfg.height, shadows=cfg.shadows) for V in viewmats]
@@ -204,7 +189,7 @@ def build_preset(preset, root="data", progress: bool = True, overwrite: bool = F
             elif p.exists(): p.unlink()
     rec = _config_record(cfg)
     if (out/"config.json").exists():
-        old = read_json(out/"config.json")
+        old = load_json(out/"config.json")
         if old != json.loads(json.dumps(rec)):
             oc = old.get("config", {}) if isinstance(old, dict) else {}
             diff = sorted(k for k in set(oc) | set(rec["config"]) if oc.get(k) != rec["config"].get(k)) or ["format/version"]
@@ -301,7 +286,7 @@ def _point_spec(cfg: dict) -> dict:   # ... and into points.safetensors
 def _done_sums(path: Path) -> dict:
     "The sha256 record of a `DONE` marker: {file: hex}; {} for a marker written before checksums were recorded (empty)."
     if not path.exists() or not path.read_bytes().strip(): return {}
-    rec = read_json(path)
+    rec = load_json(path)
     sums = rec.get("sha256") if isinstance(rec, dict) else None
     if not isinstance(sums, dict): raise ValueError(f"{path}: expected an object with a 'sha256' table")
     return sums
@@ -310,7 +295,7 @@ def _done_sums(path: Path) -> dict:
 def _check_dataset(root) -> tuple[Path, dict]:
     root = Path(root)
     if not root.is_dir(): raise ValueError(f"{root}: dataset folder not found (build it with build_preset / condense-nb data)")
-    rec = read_json(root/"config.json")
+    rec = load_json(root/"config.json")
     if not isinstance(rec, dict) or "config" not in rec: raise ValueError(f"{root/'config.json'}: not a condense-nb dataset config")
     if not (root/"DONE").exists(): raise ValueError(f"{root}: the build is incomplete (no DONE); run build_preset again to finish it")
     return root, rec["config"]
@@ -367,7 +352,7 @@ class _Rooms(Dataset):
         f = self.folders[i]
         if i not in self._sums: self._sums[i] = _done_sums(f/"DONE")
         verify_sha256(f/"scene.json", (f/"scene.json").read_bytes(), self._sums[i].get("scene.json"), self._remedy(f))
-        return read_json(f/"scene.json")
+        return load_json(f/"scene.json")
 
     def scene(self, i: int) -> Scene:
         "The `scenes.Scene` of scene `i`, rebuilt from its `scene.json`."
@@ -501,6 +486,7 @@ def dataset_stats(root) -> dict:
                                         object_fraction=float(s.mask.float().mean()) if s.mask is not None else 1.0)
     dups = RoomScenes(root, "test_dup")
     out["near_duplicates"] = {sid: dups.record(i)["duplicate_of"] for i, sid in enumerate(dups.scene_ids)}
-    out["build"] = read_json(root/"build.json") if (root/"build.json").exists() else {}
-    out["disk_bytes"] = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    out["build"] = load_json(root/"build.json") if (root/"build.json").exists() else {}
+    out["disk_bytes"] = sum(p.stat().st_size for p in root.rglob("*")       # leftovers of interrupted writes are not the dataset
+                            if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".tmp")))
     return out

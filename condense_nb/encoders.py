@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 import timm
 from fastcore.basics import patch
-from .core import atomic_write_bytes, save_json, load_json
+from .core import atomic_write_bytes, save_json, load_json, st_bytes
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'WEIGHT_SUFFIXES', 'ASSETS', 'load_weights', 'DenseEncoder', 'save_encoder',
@@ -171,13 +171,12 @@ def forward(self: DenseEncoder, images: Tensor) -> Tensor:  # images [B, 3, H, W
 # %% ../nbs/11_encoders.ipynb #a8a5b73a
 def save_encoder(encoder: DenseEncoder, path, config: dict | None = None) -> Path:
     "Write `encoder`'s weights to `path` (.safetensors) and its build config (+ `config` as meta) to the .json beside it."
-    import safetensors.torch as st
     path = Path(path)
     if path.suffix != ".safetensors": raise ValueError(f"path: expected a .safetensors file name, got {path}")
     if encoder.config is None:
         raise ValueError("encoder: built from a model instance, so it cannot be rebuilt; build it from a timm name to save it")
     sd = {k: v.detach().cpu().contiguous() for k, v in encoder.model.state_dict().items()}
-    atomic_write_bytes(path, st.save(sd))
+    atomic_write_bytes(path, st_bytes(sd))
     save_json(path.with_suffix(".json"), dict(format="condense-nb-encoder/1", encoder=encoder.config, meta=config or {}))
     return path
 

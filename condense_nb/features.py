@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .core import check_tensor, check_int, check_number, atomic_write_bytes
+from .core import check_tensor, check_int, check_number, atomic_write_bytes, st_bytes
 
 # %% auto #0
 __all__ = ['rgb_feature_fn', 'ConcatFeatures', 'concat_feature_fns', 'ClsPatchFeatures', 'module_device', 'extract_features',
@@ -123,11 +123,10 @@ def images_fingerprint(images) -> str:  # images [N, 3, H, W]
 
 def save_features(path, feats: Tensor, meta: dict | None = None) -> Path:  # feats [N, C, h, w]
     "Write `feats` (float32) and a JSON-serialisable `meta` dict to a .safetensors file, atomically."
-    import safetensors.torch as st
     path = Path(path)
     if path.suffix != ".safetensors": raise ValueError(f"path: expected a .safetensors file name, got {path}")
     feats = check_tensor(feats, "feats", (None, None, None, None), dtype=torch.float32).contiguous()
-    return atomic_write_bytes(path, st.save({"feats": feats}, metadata={"meta": json.dumps(meta or {})}))
+    return atomic_write_bytes(path, st_bytes({"feats": feats}, metadata={"meta": json.dumps(meta or {})}))
 
 def load_features(path) -> tuple[Tensor, dict]:
     "Read `(feats [N, C, h, w], meta)` written by `save_features`, with a clear error for a missing or foreign file."

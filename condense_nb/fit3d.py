@@ -123,10 +123,10 @@ def stage1(cfg: Fit3DConfig, root, teacher: DenseEncoder, teacher_src: str, teac
     t0 = time.time()
     paths = lift_scenes(scene_ids, lambda sid: lift_views(rooms, sid, lcfg.seed, dev), teacher, lcfg, gdir, progress=False)
     gaussians = {sid: load_gaussians(p, device=dev) for sid, p in zip(scene_ids, paths)}
+    hists = {sid: load_json(gdir / f"{sid}.history.json") for sid in scene_ids}
     return dict(config=lcfg, rooms=rooms, scene_ids=scene_ids, gaussians=gaussians, seconds=time.time() - t0,
                 lifted_now=[sid for sid in scene_ids if sid not in before],
-                per_scene_s={sid: float(g.meta["seconds"]) for sid, g in gaussians.items()},
-                hists={sid: load_json(gdir / f"{sid}.history.json") for sid in scene_ids})
+                per_scene_s={sid: float(sum(h["seconds"])) for sid, h in hists.items()}, hists=hists)
 
 # %% ../nbs/23_fit3d.ipynb #3cf21afe
 def _ckpt_step(ckdir: Path) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from .core import save_json, load_json, atomic_write_bytes, seed_everything, check_choice, check_int, check_number, preset_config, mean_std
+from .core import save_json, load_json, atomic_write_bytes, seed_everything, check_choice, check_int, check_number, preset_config, mean_std, st_bytes
 from .datasets import build_preset, ShapeSet
 from .encoders import DenseEncoder
 from .projection import project_views, read_back, average_views, visible_in_views
@@ -109,7 +109,7 @@ def guidance_cache(teacher: DenseEncoder, clouds: Tensor, cfg: I2PMAEConfig, n_g
         parts.append(dict(targets=g["targets"], token_saliency=g["token_saliency"], idx=g["tokens"].idx.int()))
     cache = {k: torch.cat([p[k] for p in parts]).contiguous() for k in parts[0]}
     seconds = time.perf_counter() - t0
-    atomic_write_bytes(path, st.save(cache, metadata=dict(sig=key, seconds=str(seconds))))
+    atomic_write_bytes(path, st_bytes(cache, metadata=dict(sig=key, seconds=str(seconds))))
     return cache, sig, seconds
 
 # %% ../nbs/35_i2pmae.ipynb #0a0c4fc6

@@ -4,17 +4,17 @@
 
 # %% ../nbs/08_pool.ipynb #456c7334
 from __future__ import annotations
-import dataclasses, hashlib, json, math, os, time
+import dataclasses, hashlib, json, math, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-from .core import check_choice, check_int, atomic_write_bytes, save_json, st_bytes
+from .core import check_choice, check_int, atomic_write_bytes, save_json, load_json, st_bytes
 from .cameras import intrinsics, inroom_path
 from .scenes import render
 from .rooms import make_room
-from .datasets import read_json, verified_tensors
+from .datasets import verified_tensors
 
 # %% auto #0
 __all__ = ['POOL_OFFSET', 'POOL_PRESETS', 'PoolConfig', 'pool_seeds', 'shard_paths', 'build_shard', 'build_pool', 'PoolImages']
@@ -98,7 +98,7 @@ def build_shard(cfg: PoolConfig, k: int, root) -> dict:
 def _record_ok(cfg: PoolConfig, root, k: int) -> bool:
     st_path, js_path = shard_paths(root, k)
     if not (st_path.exists() and js_path.exists()): return False
-    try: rec = read_json(js_path)
+    try: rec = load_json(js_path)
     except ValueError: return False
     return isinstance(rec, dict) and rec.get("seeds") == pool_seeds(cfg, k) and rec.get("bytes") == st_path.stat().st_size
 
@@ -114,7 +114,7 @@ def build_pool(cfg: PoolConfig | str, root="data", workers: int = 1, progress: b
     out = Path(root)/cfg.name
     rec = json.loads(json.dumps(_config_record(cfg)))
     if (out/"config.json").exists():
-        if read_json(out/"config.json") != rec:
+        if load_json(out/"config.json") != rec:
             raise ValueError(f"{out/'config.json'}: the pool there was built with another config; use another root or remove it")
     elif out.exists() and any(out.iterdir()):
         raise ValueError(f"{out}: exists, is not empty and has no config.json (not a condense-nb pool); use another root or remove it")
@@ -132,8 +132,8 @@ def build_pool(cfg: PoolConfig | str, root="data", workers: int = 1, progress: b
             from concurrent.futures import ProcessPoolExecutor, as_completed
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as ex:
                 for f in as_completed([ex.submit(build_shard, cfg, k, out) for k in todo]): bar.update(f.result()["rooms"])
-    shards = [read_json(shard_paths(out, k)[1]) for k in range(cfg.n_shards)]
-    old = read_json(out/"pool.json") if (out/"pool.json").exists() else {}
+    shards = [load_json(shard_paths(out, k)[1]) for k in range(cfg.n_shards)]
+    old = load_json(out/"pool.json") if (out/"pool.json").exists() else {}
     save_json(out/"pool.json", dict(rooms=cfg.rooms, views=cfg.rooms * cfg.views_per_room, bytes=sum(s["bytes"] for s in shards),
                                     shard_seconds=round(sum(s["seconds"] for s in shards), 1),
                                     wall_seconds=round(old.get("wall_seconds", 0.0) + (time.time() - t0 if todo else 0.0), 1),
@@ -147,7 +147,7 @@ class PoolImages(Dataset):
     def __init__(self, root, verify: bool = True, max_rooms: int | None = None):
         root = Path(root)
         if not (root/"DONE").exists(): raise ValueError(f"{root}: not a finished pool (no DONE); build it with build_pool / condense-nb pool")
-        c = read_json(root/"config.json")
+        c = load_json(root/"config.json")
         if not isinstance(c, dict) or c.get("format") != "condense-nb unlabelled pool" or not isinstance(c.get("config"), dict):
             raise ValueError(f"{root/'config.json'}: not a condense-nb pool config")
         try: self.config = cfg = PoolConfig(**c["config"])
@@ -155,7 +155,7 @@ class PoolImages(Dataset):
         rgbs, rooms, n = [], [], 0
         for k in range(self.config.n_shards):
             st_path, js_path = shard_paths(root, k)
-            rec = read_json(js_path)
+            rec = load_json(js_path)
             if not isinstance(rec, dict): raise ValueError(f"{js_path}: expected a shard record (a JSON object)")
             R, V, H, W = len(pool_seeds(cfg, k)), cfg.views_per_room, cfg.height, cfg.width
             spec = dict(rgb=(torch.uint8, (R, V, H, W, 3), None, None), depth=(torch.float16, (R, V, H, W), 0, math.inf),

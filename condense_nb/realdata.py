@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
-from .core import check_tensor, check_choice, check_int, check_number, save_json, atomic_save_image
-from .datasets import read_text, read_json
+from .core import check_tensor, check_choice, check_int, check_number, save_json, atomic_save_image, read_text, load_json
 
 # %% auto #0
 __all__ = ['MODELNET40_CLASSES', 'SCANOBJECTNN_CLASSES', 'SCANOBJECTNN_VARIANTS', 'c2w_opengl_to_viewmat',
@@ -112,7 +111,7 @@ def load_transforms(folder, transforms_name: str = "transforms.json") -> dict:
     path = folder if folder.suffix == ".json" else folder / transforms_name
     folder = path.parent
     if not path.is_file(): raise ValueError(f"{path}: file not found (expected a nerfstudio transforms.json)")
-    meta = read_json(path)                                       # UTF-8, or an error naming the file
+    meta = load_json(path)                                       # UTF-8, or an error naming the file
     if not isinstance(meta, dict): raise ValueError(f"{path}: expected a JSON object at the top level, got {type(meta).__name__}")
     frames = meta.get("frames")
     if not isinstance(frames, list) or not frames: raise ValueError(f"{path}: missing key 'frames' (a non-empty list of frames)")
@@ -169,6 +168,7 @@ def read_depth(path, scale: float = 1e-3, size: tuple[int, int] | None = None) -
     if raw.ndim == 3 and raw.shape[-1] == 1: raw = raw[..., 0]
     if raw.ndim != 2: raise ValueError(f"{path}: expected a single-channel depth map [H, W], got shape {list(raw.shape)}")
     if raw.dtype.kind not in "uif": raise ValueError(f"{path}: expected numeric depth values, got dtype {raw.dtype}")
+    if raw.size == 0: raise ValueError(f"{path}: depth map is empty (shape {list(raw.shape)})")
     d = raw.astype(np.float64) * scale
     if raw.dtype.kind == "f" and raw.size and np.isnan(raw).all(): raise ValueError(f"{path}: depth map is NaN everywhere (a broken file, not 'no depth')")
     if (d < 0).any(): raise ValueError(f"{path}: depth map has negative values")

@@ -116,6 +116,13 @@ def test_nan_shape_points(built, tmp_path):
         D.ShapeSet(root, "train", "clean")
 
 
+def test_shape_points_of_the_wrong_shape(built, tmp_path):
+    root = _copy(built, tmp_path); f = root / "shapes/clean_train.safetensors"
+    _rewrite(f, points=load_file(f)["points"][..., :2].contiguous())              # [M, N, 2]: no z
+    with pytest.raises(ValueError, match=r"clean_train.safetensors: tensor 'points': expected shape \[\d+, \d+, 3\]"):
+        D.ShapeSet(root, "train", "clean")
+
+
 def test_shape_labels_outside_the_class_list(built, tmp_path):
     root = _copy(built, tmp_path); f = root / "shapes/scan_train.safetensors"
     n = len(shapes.SHAPE_CLASSES)
@@ -240,6 +247,17 @@ def test_non_utf8_dataset_and_pool_config(built, pool, tmp_path):
         PoolImages(proot)
 
 
+def test_non_utf8_json_the_project_writes(tmp_path):
+    from condense_nb.core import load_json, load_checkpoint, save_checkpoint
+    (tmp_path / "x.json").write_bytes(LATIN1)
+    with pytest.raises(ValueError, match=r"x.json: not UTF-8 text \(byte 13"):
+        load_json(tmp_path / "x.json")
+    save_checkpoint(tmp_path / "run", 1, dict(w=torch.zeros(2)))
+    (tmp_path / "run" / "latest.json").write_bytes(LATIN1)
+    with pytest.raises(ValueError, match=r"run/latest.json: not UTF-8 text"):
+        load_checkpoint(tmp_path / "run")
+
+
 def test_non_utf8_transforms_json(tmp_path):
     Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "a.png")
     (tmp_path / "transforms.json").write_bytes(LATIN1)
@@ -294,6 +312,10 @@ def test_depth_npy_all_nan_empty_and_too_large(tmp_path):
     (tmp_path / "empty.npy").write_bytes(b"")
     with pytest.raises(ValueError, match=r"empty.npy: cannot read depth map \(EOFError"):
         read_depth(tmp_path / "empty.npy")
+    for shape in ((0, 0), (0, 5)):                                          # a valid .npy holding no pixels
+        np.save(tmp_path / "zero.npy", np.zeros(shape, np.uint16))
+        with pytest.raises(ValueError, match=r"zero.npy: depth map is empty \(shape \[0, "):
+            read_depth(tmp_path / "zero.npy", size=(4, 3))
     np.save(tmp_path / "big.npy", np.full((3, 4), 1e300))
     with pytest.raises(ValueError, match=r"big.npy: depth values up to 1e\+300 m do not fit float32"):
         read_depth(tmp_path / "big.npy", scale=1.0)
@@ -345,3 +367,41 @@ def test_two_builds_are_byte_identical(built, tmp_path):
         with safe_open(str(again / "shapes" / f"{name}.safetensors"), framework="pt") as f: assert len(f.metadata()) == 1
     paths = [tmp_path / f"s{i}.safetensors" for i in range(4)]              # and a few more writes of one set, same bytes
     assert len({D.build_shape_set("clean", "train", MICRO, p).read_bytes() for p in paths}) == 1
+
+
+WRITE_ALL = """
+import math, sys, torch
+from pathlib import Path
+from condense_nb import datasets as D
+from condense_nb.core import save_checkpoint
+from condense_nb.lifting import FeatureGaussians, LiftConfig, save_gaussians
+from dataclasses import asdict
+out = Path(sys.argv[1])
+D.build_preset(D.get_preset("tiny", name="bad", rooms_train=1, rooms_val=1, rooms_test=1, views_per_room=2, width=24, height=16,
+               points_per_room=256, dup_rooms=0, shapes_train=1, shapes_val=0, shapes_test=0, points_per_shape=64),
+               root=out / "data", progress=False)
+torch.manual_seed(0)                                    # the feature decoder is initialised from the global RNG
+g = torch.Generator().manual_seed(0)
+w = torch.nn.Parameter(torch.randn(5, 3, generator=g))
+opt = torch.optim.AdamW([w], lr=0.1); w.sum().backward(); opt.step()
+save_checkpoint(out / "run", 1, dict(w=w.detach(), b=torch.ones(2)), opt, meta=dict(config=dict(lr=0.1, steps=3), history=[1.0, 0.5]))
+n = 6
+gs = FeatureGaussians(means=torch.randn(n, 3, generator=g), quats=torch.randn(n, 4, generator=g), log_scales=torch.full((n, 3), math.log(0.08)),
+                      opacity_logits=torch.randn(n, generator=g), sh0=torch.randn(n, 3, generator=g), features=torch.randn(n, 3, generator=g),
+                      teacher_dim=4)
+save_gaussians(gs, out / "g" / "room.safetensors", meta=dict(scene="room", rank=0, config=asdict(LiftConfig())))
+"""
+
+
+def test_two_processes_write_the_same_bytes(tmp_path):
+    "Dataset, checkpoint and Gaussian files written by two fresh processes (each its own hash-map seed) are byte-identical."
+    import subprocess, sys
+    hashes = []
+    for k in range(2):
+        out = tmp_path / f"p{k}"
+        subprocess.run([sys.executable, "-c", WRITE_ALL, str(out)], check=True, capture_output=True, text=True, timeout=300)
+        hashes.append({p.relative_to(out).as_posix(): _sha(p.read_bytes()) for p in sorted(out.rglob("*"))
+                       if p.is_file() and p.name != "build.json"})
+    names = set(hashes[0])
+    assert {"run/ckpt/step_0000001.safetensors", "run/latest.json", "g/room.safetensors", "data/bad/shapes/scan_train.safetensors"} <= names
+    assert hashes[0] == hashes[1]

@@ -327,6 +327,29 @@ def test_notebooks_command_lists_checks_and_executes(tmp_path, monkeypatch, caps
     assert "01_a.ipynb: cell 0 failed: ZeroDivisionError" in capsys.readouterr().err
 
 
+def _ledger_writer(ledger, stage, go):
+    from condense_nb.claims import claim_row, update_ledger
+    go.wait()
+    for k in range(4):
+        update_ledger(ledger, stage, [claim_row(f"c{k}", "m", "a", "b", [0.5, 0.6], [0.4, 0.5], stage=stage)])
+
+
+def test_concurrent_ledger_writers_lose_no_rows(tmp_path):
+    "Stages of two runs sharing one ledger: every read-modify-write is serialised by the ledger's lock, so no stage's rows vanish."
+    import multiprocessing as mp
+    from condense_nb.claims import read_ledger
+    ctx, ledger, stages = mp.get_context("fork"), tmp_path / "claims.json", [f"s{i}" for i in range(6)]
+    go = ctx.Event()
+    procs = [ctx.Process(target=_ledger_writer, args=(ledger, s, go)) for s in stages]
+    for p in procs: p.start()
+    go.set()
+    for p in procs: p.join(60)
+    assert [p.exitcode for p in procs] == [0] * len(stages)
+    rows = read_ledger(ledger)
+    assert sorted(r["stage"] for r in rows) == stages and {r["claim"] for r in rows} == {"c3"}
+    assert not (tmp_path / ".claims.json.lock").exists()
+
+
 def test_claims_command_prints_and_rewrites_the_readme_block(tmp_path, capsys):
     from condense_nb.claims import claim_row, update_ledger, claims_table, read_ledger
     ledger = tmp_path / "claims.json"

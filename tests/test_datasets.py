@@ -282,6 +282,12 @@ def test_dataset_stats_counts(built):
     assert math.isclose(freq["miss"], (sem == -1).sum().item() / sem.numel(), abs_tol=1e-9)
     assert st["near_duplicates"] == {r["scene_id"]: r["duplicate_of"] for r in D.room_plan(MICRO) if r["split"] == "test_dup"}
     assert st["build"]["seconds"] > 0
+    assert st["disk_bytes"] == sum(p.stat().st_size for p in built.rglob("*") if p.is_file())
+    leftover = built / "rooms" / "train" / ".views.safetensors.ab12.tmp"         # an interrupted write's temp file
+    try:
+        leftover.write_bytes(b"x" * 4096)
+        assert D.dataset_stats(built)["disk_bytes"] == st["disk_bytes"]            # not part of the dataset's size
+    finally: leftover.unlink()
 
 
 # ---------------------------------------------------------------- shapes
