@@ -690,9 +690,22 @@ def _cmd_notebooks(args) -> int:
     return 0
 
 def _cmd_reproduce(args) -> int:
+    if args.dry_run: return _dry_run(args)
     _papermill_logging()
     return reproduce(args.preset, root=args.root, runs=args.runs, only=args.only, force=args.force, threads=args.threads or 0,
                      settings=args.set)
+
+def _dry_run(args) -> int:
+    "`reproduce --dry-run`: one or two steps of every stage at the preset's shapes on a 3-room dataset (`condense_nb.dryrun`), no notebooks."
+    if args.only or args.force or args.set: raise UsageError("--dry-run runs every stage once: it takes no --only, --force or --set")
+    root, out = writable_folder(args.root, "--root"), Path(args.runs) / args.preset / "dryrun"
+    writable_folder(out, "--runs")
+    dryrun = importlib.import_module("condense_nb.dryrun")
+    _say(f"dry run of preset {args.preset!r}: a 3-room dataset at its resolution under {root}, every stage's step at its shapes")
+    rows = dryrun.run(args.preset, root, out, threads=args.threads or 1)
+    _say(dryrun.table(rows))
+    _say(f"written: {out / 'dryrun.json'}, {out / 'dryrun.md'}")
+    return 0
 
 def _papermill_logging():
     """Show papermill's log (the notebooks' printed output) on stdout, without touching the root logger.
@@ -749,6 +762,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--set 'fit3d.overrides={\"lift_rooms\": 10}'; recorded in its DONE.json, so a changed value reruns the stage")
     r.add_argument("--threads", type=_threads_arg, default=None, metavar="N",
                    help=f"torch CPU threads for every stage, 1..{cpus} (default: each pipeline's own: 1, torch's for data)")
+    r.add_argument("--dry-run", action="store_true",
+                   help="instead of the pipelines: one or two steps of every stage at the preset's model shapes and resolution on a "
+                        "3-room dataset; prints parameters, memory, FLOPs and the full run's H100-hours (RUNS/PRESET/dryrun/)")
     r.set_defaults(func=_cmd_reproduce)
     n = sub.add_parser("notebooks", help="list, check or regenerate the outputs stored in the teaching notebooks",
                        description="Without options: list the teaching notebooks of nbs/ and whether their stored outputs "

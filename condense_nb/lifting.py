@@ -20,11 +20,12 @@ from .metrics import feature_pca_colors
 from . import scenes
 
 # %% auto #0
-__all__ = ['SH_C0', 'GAUSSIAN_PARAMS', 'SSIM_C1', 'SSIM_C2', 'LIFT_PRESETS', 'GAUSSIANS_FORMAT', 'check_views', 'scene_views',
-           'FeatureGaussians', 'init_from_depth', 'gaussian_window', 'ssim', 'rgb_loss', 'psnr', 'upsample_features',
-           'lift_losses', 'LiftConfig', 'scene_extent', 'make_optimizer', 'means_lr', 'prune_gaussians',
-           'view_space_grad', 'densify_gaussians', 'teacher_features', 'lift_scene', 'plot_gaussians_3d',
-           'densify_prune_fates', 'save_gaussians', 'load_gaussians', 'shard_scenes', 'lift_scenes']
+__all__ = ['SH_C0', 'GAUSSIAN_PARAMS', 'KDTREE_FROM', 'SSIM_C1', 'SSIM_C2', 'LIFT_PRESETS', 'GAUSSIANS_FORMAT', 'check_views',
+           'scene_views', 'FeatureGaussians', 'nearest3', 'init_from_depth', 'gaussian_window', 'ssim', 'rgb_loss',
+           'psnr', 'upsample_features', 'lift_losses', 'LiftConfig', 'scene_extent', 'make_optimizer', 'means_lr',
+           'prune_gaussians', 'view_space_grad', 'densify_gaussians', 'teacher_features', 'lift_scene',
+           'plot_gaussians_3d', 'densify_prune_fates', 'save_gaussians', 'load_gaussians', 'shard_scenes',
+           'lift_scenes']
 
 # %% ../nbs/21_lifting.ipynb #f9ec520c
 def check_views(views: dict, name: str = "views") -> dict:
@@ -116,6 +117,16 @@ FeatureGaussians.render_rgb, FeatureGaussians.render_lowdim = _render_rgb, _rend
 FeatureGaussians.decode, FeatureGaussians.render_features = _decode, _render_features
 
 # %% ../nbs/21_lifting.ipynb #98158c63
+KDTREE_FROM = 16_384                    # points from which a CPU k-d tree beats the N² brute force
+
+def nearest3(pts: Tensor) -> Tensor:  # pts [N, 3] -> [N, 3] indices
+    "Each point's 3 nearest other points: brute force (`pointops.knn`) on GPUs and small sets, a k-d tree (scikit-learn) for large CPU sets."
+    if pts.device.type == "cpu" and len(pts) >= KDTREE_FROM:             # 100k points: about a second instead of two minutes
+        from sklearn.neighbors import NearestNeighbors
+        idx = NearestNeighbors(n_neighbors=3).fit(pts.detach().numpy()).kneighbors(return_distance=False)   # itself left out
+        return torch.from_numpy(idx).long()
+    return knn(pts[None], pts[None], 4, chunk=1024)[0, :, 1:]           # column 0 is the point itself
+
 def init_from_depth(rgbs, depths, Ks, viewmats, n_max: int, teacher_dim: int, low_dim: int = 64,
                     init_opacity: float = 0.1, seed: int = 0) -> FeatureGaussians:
     # rgbs [V, H, W, 3], depths [V, H, W], Ks [V, 3, 3], viewmats [V, 4, 4]
@@ -132,7 +143,7 @@ def init_from_depth(rgbs, depths, Ks, viewmats, n_max: int, teacher_dim: int, lo
     if len(pts) > n_max:
         keep = torch.randperm(len(pts), generator=torch.Generator().manual_seed(seed))[:n_max]
         pts, cols = pts[keep], cols[keep]
-    nn_idx = knn(pts[None], pts[None], 4, chunk=1024)[0, :, 1:]       # [N, 3] (column 0 is the point itself)
+    nn_idx = nearest3(pts)                                              # [N, 3]
     d2 = (pts[:, None] - pts[nn_idx]).square().sum(-1).mean(-1).clamp_min(1e-7)
     N, dev = len(pts), pts.device
     return FeatureGaussians(

@@ -1,0 +1,53 @@
+"""`condense-nb reproduce --preset full --dry-run`: every stage's own step at the `full` model shapes, on a dataset built
+at the `full` resolution, on the CPU — the proof that the full shapes hold before a GPU is at hand (issue 17)."""
+import json
+
+import pytest
+import torch
+
+from condense_nb import cli
+from condense_nb.datasets import RoomViews, ShapeSet, get_preset
+from condense_nb.encoders import DenseEncoder
+from condense_nb import teacher as T, mae, condense, fit3d
+
+
+@pytest.mark.timeout(900)                 # about 80 s on one idle core
+def test_full_dry_run(tmp_path, capsys):
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    assert cli.main(["reproduce", "--preset", "full", "--dry-run", "--root", str(data), "--runs", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "| stage | step | parameters |" in out and "H100-hours" in out
+    res = json.loads((runs / "full" / "dryrun" / "dryrun.json").read_text())
+    assert (runs / "full" / "dryrun" / "dryrun.md").read_text().count("\n| ") >= 9
+    rows = {r["stage"] + ":" + r["part"].split(" ")[0]: r for r in res["rows"]}
+    # the dataset the stages read is at the full resolution and point counts
+    full = get_preset("full")
+    x = RoomViews(data / "full_dryrun", "train")[0]
+    assert tuple(x["rgb"].shape) == (3, full.height, full.width)
+    assert ShapeSet(data / "full_dryrun", "train", "clean").points.shape[1] == full.points_per_shape
+    # each stage ran at its full config: batch sizes, step counts and model sizes from independently built models
+    tcfg, ccfg, mcfg = T.from_preset("full"), condense.CondenseConfig.from_preset("full"), mae.from_preset("full")
+    enc = DenseEncoder(tcfg.arch, img_size=tcfg.global_size, **tcfg.timm_kwargs())
+    n_enc = sum(p.numel() for p in enc.parameters())
+    assert rows["probes:teacher"]["params"] == n_enc
+    t = rows["teacher:DINO"]
+    assert (t["full_batch"], t["full_steps"]) == (tcfg.batch_size, tcfg.steps) and t["params"] > n_enc   # + the DINO head
+    assert rows["condense:joint"]["full_batch"] == ccfg.views_per_step
+    assert rows["i2pmae:pre-training"]["full_batch"] == mcfg.batch_size
+    lift = rows["fit3d:lifting"]
+    assert lift["full_steps"] == fit3d.Fit3DConfig.from_preset("full").lift_config().iterations * full.rooms_train
+    # FLOPs: a ViT forward is at least 2 · (its linear-layer parameters) · tokens; the probe row is one 224² view
+    tokens = (full.height // tcfg.patch_size) * (full.width // tcfg.patch_size)
+    n_linear = sum(m.weight.numel() for m in enc.modules() if isinstance(m, torch.nn.Linear))
+    assert 2 * n_linear * tokens <= rows["probes:teacher"]["flops_per_step"] <= 2 * n_enc * (tokens + 1) * 1.5
+    for r in res["rows"]:
+        assert r["full_flops"] == pytest.approx(r["flops_per_step"] * r["full_batch"] / r["batch"] * r["full_steps"])
+        if r["stage"] != "data": assert r["h100_hours"] == pytest.approx(r["full_flops"] / 989e12 / 3600)
+        assert r["peak_bytes"] is None or r["peak_bytes"] >= 0
+    assert all(r["flops_per_step"] > 0 for r in res["rows"] if r["stage"] != "data")
+
+
+def test_dry_run_takes_no_stage_options(tmp_path, capsys):
+    for extra in (["--only", "teacher"], ["--force"], ["--set", "teacher.shipped=true"]):
+        assert cli.main(["reproduce", "--preset", "tiny", "--dry-run", "--root", str(tmp_path), "--runs", str(tmp_path)] + extra) == 2
+        assert "--dry-run runs every stage once: it takes no --only, --force or --set" in capsys.readouterr().err
