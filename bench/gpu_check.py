@@ -21,7 +21,7 @@ What it runs, each as its own subprocess with a time limit (a failing or slow st
 
 The JSON holds, per step: the command, exit code, seconds and the last lines of its output (the benchmarks print
 their figures as text; read them there), plus `skipped` with the reason where a step cannot run (no CUDA, no gsplat).
-A `full` step of every pipeline stage is `condense-nb reproduce --preset full --dry-run` (CPU, about 80 s; notebook
+A `full` step of every pipeline stage is `condense-nb reproduce --preset full --dry-run` (CPU, about 90 s; notebook
 `50_dryrun`), not a step of this check: it measures shapes, memory and FLOPs, which do not need the GPU.
 """
 import argparse, datetime, json, os, platform, subprocess, sys, time

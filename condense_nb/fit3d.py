@@ -126,7 +126,7 @@ def stage1(cfg: Fit3DConfig, root, teacher: DenseEncoder, teacher_src: str, teac
     hists = {sid: load_json(gdir / f"{sid}.history.json") for sid in scene_ids}
     return dict(config=lcfg, rooms=rooms, scene_ids=scene_ids, gaussians=gaussians, seconds=time.time() - t0,
                 lifted_now=[sid for sid in scene_ids if sid not in before],
-                per_scene_s={sid: float(sum(h["seconds"])) for sid, h in hists.items()}, hists=hists)
+                per_scene_s={sid: float(h.get("wall_seconds", sum(h["seconds"]))) for sid, h in hists.items()}, hists=hists)
 
 # %% ../nbs/23_fit3d.ipynb #3cf21afe
 def _ckpt_step(ckdir: Path) -> int:

@@ -100,16 +100,20 @@ def guidance_cache(teacher: DenseEncoder, clouds: Tensor, cfg: I2PMAEConfig, n_g
     sig = dict(teacher=fingerprint(*teacher.parameters()), clouds=fingerprint(clouds), image_size=cfg.image_size,
                projection=cfg.projection, splat=cfg.splat, n_groups=n_groups, group_size=group_size)
     key, path = json.dumps(sig, sort_keys=True), Path(path)
+    timing = path.with_suffix(".timing.json")                                  # beside the tensors: equal inputs, equal cache bytes
     if path.exists():
         with safe_open(str(path), "pt") as f: meta = f.metadata() or {}
-        if meta.get("sig") == key: return st.load_file(str(path)), sig, float(meta["seconds"])
+        if meta.get("sig") == key:
+            seconds = load_json(timing)["seconds"] if timing.exists() else float(meta.get("seconds", "nan"))   # (older caches: in the header)
+            return st.load_file(str(path)), sig, seconds
     t0, parts = time.perf_counter(), []
     for i in range(0, len(clouds), 16):
         g = point_guidance(teacher, clouds[i:i + 16], cfg.image_size, n_groups, group_size, cfg.projection, cfg.splat)
         parts.append(dict(targets=g["targets"], token_saliency=g["token_saliency"], idx=g["tokens"].idx.int()))
     cache = {k: torch.cat([p[k] for p in parts]).contiguous() for k in parts[0]}
     seconds = time.perf_counter() - t0
-    atomic_write_bytes(path, st_bytes(cache, metadata=dict(sig=key, seconds=str(seconds))))
+    save_json(timing, dict(seconds=seconds))
+    atomic_write_bytes(path, st_bytes(cache, metadata=dict(sig=key)))
     return cache, sig, seconds
 
 # %% ../nbs/35_i2pmae.ipynb #0a0c4fc6

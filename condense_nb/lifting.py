@@ -514,7 +514,9 @@ def lift_scenes(scene_ids, load_views: Callable, feature_fn: Callable, cfg: Lift
     for sid in shard_scenes(scene_ids, rank, world_size):
         path = out_dir / f"{sid}.safetensors"
         if not path.exists():
+            t0 = time.time()
             gs, hist = lift_scene(load_views(sid), feature_fn, cfg, progress=progress)
+            hist["wall_seconds"] = time.time() - t0                         # loading, teacher features, init and iterations
             save_json(out_dir / f"{sid}.history.json", hist)                # the log, timings included
             save_gaussians(gs, path, meta=dict(scene=str(sid), rank=rank, config=asdict(cfg)))   # no timings: equal runs, equal bytes
         paths.append(path)
