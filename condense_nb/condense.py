@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 from .core import (check_choice, check_int, check_number, preset_config, mean_std, atomic_write_bytes, load_json, save_json,
-                              cosine_schedule, save_checkpoint, load_checkpoint, st_bytes)
+                              cosine_schedule, save_checkpoint, load_checkpoint, st_bytes, torch_threads)
 from .datasets import RoomScenes
 from .encoder3d import Encoder3D, SegHead3D, fuse_rgbd, scene_aabb, voxel_labels
 from .metrics import SegMetric
@@ -380,11 +380,9 @@ def run(cfg: CondenseConfig, data_root, out_dir, teacher: nn.Module, data_preset
     Returns:
         the metrics, also written to `out_dir/metrics.json`."""
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    if cfg.num_threads: torch.set_num_threads(cfg.num_threads)
-    try: return _run(cfg, data_root, out, teacher.eval(), teacher_src, data_preset, ledger, keep if keep is not None else {},
-                     print if progress else (lambda *a, **k: None))
-    finally: torch.set_num_threads(threads)
+    with torch_threads(cfg.num_threads):
+        return _run(cfg, data_root, out, teacher.eval(), teacher_src, data_preset, ledger, keep if keep is not None else {},
+                    print if progress else (lambda *a, **k: None))
 
 def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, say) -> dict:
     t_start, timings, seeds, NC = time.time(), {}, list(cfg.seeds), len(CLASSES)

@@ -4,19 +4,20 @@
 
 # %% ../nbs/00_core.ipynb #b824c13c
 from __future__ import annotations
-import json, math, os, random, sys, tempfile, time
+import fnmatch, json, math, os, random, sys, tempfile, time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'check_tensor', 'check_choice', 'check_same_shape', 'check_int', 'check_number', 'cosine_schedule',
-           'mean_std', 'preset_config', 'atomic_write_bytes', 'atomic_write_text', 'save_json', 'read_text',
-           'load_json', 'atomic_save_image', 'atomic_savefig', 'remove_temp_files', 'LockedError', 'lock_holder',
-           'FolderLock', 'st_bytes', 'optimizer_tensors', 'optimizer_state', 'save_checkpoint', 'read_checkpoint',
-           'check_resume_config', 'load_checkpoint', 'seed_everything', 'get_device', 'dist_rank_world', 'all_sum',
-           'all_sum_grads', 'barrier', 'broadcast_']
+__all__ = ['TEMP_GLOB', 'CKPT_FORMAT', 'check_tensor', 'check_choice', 'check_same_shape', 'check_int', 'check_number',
+           'cosine_schedule', 'mean_std', 'preset_config', 'atomic_write_bytes', 'atomic_write_text', 'save_json',
+           'read_text', 'load_json', 'atomic_save_image', 'atomic_savefig', 'is_temp_file', 'remove_temp_files',
+           'LockedError', 'lock_holder', 'FolderLock', 'st_bytes', 'optimizer_tensors', 'optimizer_state',
+           'save_checkpoint', 'read_checkpoint', 'check_resume_config', 'load_checkpoint', 'seed_everything',
+           'torch_threads', 'get_device', 'dist_rank_world', 'all_sum', 'all_sum_grads', 'barrier', 'broadcast_']
 
 # %% ../nbs/00_core.ipynb #3d02e560
 def _fmt_shape(shape: Sequence) -> str:
@@ -166,7 +167,13 @@ def atomic_savefig(fig, path, **kw) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 # %% ../nbs/00_core.ipynb #2fc77a91
-def remove_temp_files(folder, pattern: str = ".*.tmp") -> list[Path]:
+TEMP_GLOB = ".*.tmp"      # the names `atomic_write_bytes` writes to before its os.replace: .<name>.<random>.tmp
+
+def is_temp_file(path) -> bool:
+    "Whether `path`'s name is that of an atomic write's temporary file (`TEMP_GLOB`): a leftover if no write is under way."
+    return fnmatch.fnmatchcase(Path(path).name, TEMP_GLOB)
+
+def remove_temp_files(folder, pattern: str = TEMP_GLOB) -> list[Path]:
     "Delete the files matching `pattern` anywhere under `folder` (leftovers of interrupted atomic writes); return them. Only while no one else writes there."
     folder, gone = Path(folder), []
     if not folder.is_dir(): return gone
@@ -334,6 +341,14 @@ def seed_everything(seed: int) -> None:
     "Seed Python, NumPy and torch (CPU and CUDA) for reproducible runs."
     random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
     if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
+
+@contextmanager
+def torch_threads(n: int | None, name: str = "num_threads"):
+    "Run the block with `n` torch CPU threads (None: leave the count as it is); the caller's count is restored afterwards, also on errors."
+    before = torch.get_num_threads()
+    if n is not None: torch.set_num_threads(check_int(n, name))
+    try: yield torch.get_num_threads()
+    finally: torch.set_num_threads(before)
 
 def get_device(device: str | None = None) -> torch.device:
     "`device` if given, else CUDA when available, else CPU."

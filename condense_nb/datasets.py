@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-from .core import check_tensor, check_choice, check_int, atomic_write_bytes, save_json, load_json, st_bytes
+from .core import check_tensor, check_choice, check_int, atomic_write_bytes, save_json, load_json, st_bytes, is_temp_file
 from .cameras import intrinsics, inroom_path
 from .scenes import CLASSES, render, sample_points, scene_to_dict, scene_from_dict, Scene
 from .rooms import make_room, near_duplicate, caption
@@ -388,7 +388,6 @@ class RoomScenes(_Rooms):
 
     def __getitem__(self, i: int) -> dict:
         if not -len(self) <= i < len(self): raise IndexError(f"index {i} out of range for {len(self)} scenes")
-        f = self.folders[i]
         v, p = self._read(i, "views.safetensors"), self._read(i, "points.safetensors")
         rec = self.record(i)
         return dict(rgb=v["rgb"].permute(0, 3, 1, 2).float() / 255, depth=v["depth"].float(), semantic=v["semantic"].long(),
@@ -488,5 +487,5 @@ def dataset_stats(root) -> dict:
     out["near_duplicates"] = {sid: dups.record(i)["duplicate_of"] for i, sid in enumerate(dups.scene_ids)}
     out["build"] = load_json(root/"build.json") if (root/"build.json").exists() else {}
     out["disk_bytes"] = sum(p.stat().st_size for p in root.rglob("*")       # leftovers of interrupted writes are not the dataset
-                            if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+                            if p.is_file() and not is_temp_file(p))
     return out

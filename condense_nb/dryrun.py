@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from .core import check_choice, check_int, save_json, atomic_write_text, FolderLock
+from .core import check_choice, save_json, atomic_write_text, FolderLock, torch_threads
 
 # %% auto #0
 __all__ = ['H100_BF16_TFLOPS', 'PeakRSS', 'measure', 'dry_data', 'dry_teacher', 'dry_probes', 'dry_fit3d', 'dry_i2pmae',
@@ -228,12 +228,9 @@ def table(rows: list[dict]) -> str:
 def run(preset: str, data_root, out_dir, threads: int | None = 1, progress: bool = True) -> list[dict]:
     "The dry run of `preset`: build its dry-run dataset under `data_root`, a step or two of every stage (`threads` torch threads; None: torch's); rows, also in out_dir/dryrun.{json,md}."
     check_choice(preset, "preset", ("tiny", "small", "full"))
-    before = torch.get_num_threads()
-    if threads is not None: torch.set_num_threads(check_int(threads, "threads"))   # 1: OpenMP threads spin against other jobs
-    try:
+    with torch_threads(threads, "threads"):   # 1: OpenMP threads spin against other jobs
         with FolderLock(Path(data_root) / f".{preset}_dryrun.lock", "the dry-run dataset"):   # it is deleted and rebuilt
             return _run(preset, data_root, out_dir, progress)
-    finally: torch.set_num_threads(before)
 
 def _run(preset, data_root, out_dir, progress) -> list[dict]:
     out, t0 = Path(out_dir), time.time()

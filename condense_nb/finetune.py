@@ -5,8 +5,8 @@ then probe the concatenation of the original and the fine-tuned features."""
 
 # %% ../nbs/22_finetune.ipynb #1e3e797f
 from __future__ import annotations
-import copy, json, math, time
-from dataclasses import dataclass, fields, asdict
+import copy, json, math
+from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Callable
 import torch

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from .core import save_json, load_json, atomic_write_text, get_device, preset_config, check_int
+from .core import save_json, load_json, atomic_write_text, get_device, preset_config, check_int, torch_threads
 from .datasets import build_preset, RoomScenes
 from .encoders import DenseEncoder, load_encoder, save_encoder
 from .lifting import LiftConfig, lift_scenes, load_gaussians
@@ -232,11 +232,9 @@ def run(cfg: Fit3DConfig, data_root, out_dir, teacher: DenseEncoder, teacher_src
     Returns:
         the metrics, also written to `out_dir/metrics.json`."""
     out = Path(out_dir).resolve(); out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    if cfg.num_threads: torch.set_num_threads(cfg.num_threads)
-    try: return _run(cfg, data_root, out, teacher, teacher_src, teacher_path, data_preset or cfg.preset, ledger,
-                     keep if keep is not None else {}, progress)
-    finally: torch.set_num_threads(threads)
+    with torch_threads(cfg.num_threads):
+        return _run(cfg, data_root, out, teacher, teacher_src, teacher_path, data_preset or cfg.preset, ledger,
+                    keep if keep is not None else {}, progress)
 
 def _run(cfg, data_root, out, teacher, teacher_src, teacher_path, data_preset, ledger, keep, progress) -> dict:
     say = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)

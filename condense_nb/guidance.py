@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 from .core import check_tensor, check_choice, check_int, check_number
 from .encoders import DenseEncoder

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from .core import save_json, load_json, atomic_write_bytes, seed_everything, check_choice, check_int, check_number, preset_config, mean_std, st_bytes
+from .core import save_json, load_json, atomic_write_bytes, seed_everything, check_choice, check_int, check_number, preset_config, mean_std, st_bytes, torch_threads
 from .datasets import build_preset, ShapeSet
 from .encoders import DenseEncoder
 from .projection import project_views, read_back, average_views, visible_in_views
@@ -203,10 +203,8 @@ def run(cfg: I2PMAEConfig, data_root, out_dir, teacher: DenseEncoder, teacher_sr
     Returns:
         the metrics, also written to `out_dir/metrics.json`."""
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    if cfg.num_threads: torch.set_num_threads(cfg.num_threads)
-    try: return _run(cfg, data_root, out, teacher, teacher_src, data_preset or cfg.preset, ledger, progress)
-    finally: torch.set_num_threads(threads)
+    with torch_threads(cfg.num_threads):
+        return _run(cfg, data_root, out, teacher, teacher_src, data_preset or cfg.preset, ledger, progress)
 
 def _say(progress: bool, *msg):
     if progress: print(*msg, flush=True)

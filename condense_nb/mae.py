@@ -17,7 +17,8 @@ from torch import Tensor
 from timm.models.vision_transformer import Block
 from timm.layers import trunc_normal_
 from .core import (check_tensor, check_choice, check_int, check_number, cosine_schedule, save_json,
-                             load_json, preset_config, save_checkpoint, load_checkpoint, read_checkpoint, check_resume_config)
+                             load_json, preset_config, save_checkpoint, load_checkpoint, read_checkpoint, check_resume_config,
+                             torch_threads)
 from .pointops import group, gather_points, chamfer_distance, PointEmbed
 from .guidance import random_mask
 
@@ -421,10 +422,8 @@ def pretrain(model: PointMAE, loader_fn: Callable[[int], Iterable], cfg: MAEConf
     start, history = load_mae_checkpoint(out, model, opt, cfg)
     save_json(out / "config.json", asdict(cfg))
     stop = cfg.epochs if stop_at is None else min(cfg.epochs, stop_at)
-    threads = torch.get_num_threads()
-    if cfg.num_threads: torch.set_num_threads(cfg.num_threads)
-    try: _epochs(model, opt, loader_fn, cfg, out, dev, start, stop, history, progress)
-    finally: torch.set_num_threads(threads)
+    with torch_threads(cfg.num_threads):
+        _epochs(model, opt, loader_fn, cfg, out, dev, start, stop, history, progress)
     return history
 
 def _epochs(model, opt, loader_fn, cfg, out, dev, start, stop, history, progress) -> None:
@@ -528,7 +527,7 @@ def plot_reconstruction_3d(out: dict, b: int = 0, points: Tensor | None = None, 
     spec = dict(input=(1, "#7f7f7f", "input cloud: {n} points", True),
                 visible=(2, "#1f77b4", f"visible: {Gv} tokens × {k} = {{n}} points", True),
                 reconstruction=(3, "#d62728", f"reconstruction: {Gm} masked tokens × {k} = {{n}} points", True),
-                masked=(3, "#2ca02c", f"true masked points: {{n}}", "legendonly"))
+                masked=(3, "#2ca02c", "true masked points: {n}", "legendonly"))
     fig = make_subplots(rows=1, cols=3, specs=[[{"type": "scene"}] * 3], horizontal_spacing=0.01,
                         subplot_titles=["input cloud", "visible tokens (the encoder's input)", "reconstructed masked tokens"])
     for name, (col, colour, label, shown) in spec.items():

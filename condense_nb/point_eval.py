@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from .core import check_tensor, check_choice, check_int, check_number, preset_config, mean_std
+from .core import check_tensor, check_choice, check_int, check_number, preset_config, mean_std, torch_threads
 from .mae import MAEConfig, PointMAE, MAEEncoder, PointClassifier, POOLS, global_feature, param_groups, lr_at
 
 # %% auto #0
@@ -237,10 +237,8 @@ def finetune_classifier(mae, train, val, test, cfg: FinetuneConfig, seeds=(0,), 
     seeds = [check_int(s, "seeds", 0) for s in (seeds if isinstance(seeds, (list, tuple)) else [seeds])]
     if not seeds: raise ValueError("seeds: expected at least one seed")
     dev = torch.device(device) if device is not None else (next(base.parameters()).device if base is not None else torch.device("cpu"))
-    threads = torch.get_num_threads()
-    if cfg.num_threads: torch.set_num_threads(cfg.num_threads)
-    try: runs = [_finetune_one(base, arch, (Xtr, ytr), (Xva, yva), (Xte, yte), cfg, s, n_classes, dev, progress) for s in seeds]
-    finally: torch.set_num_threads(threads)
+    with torch_threads(cfg.num_threads):
+        runs = [_finetune_one(base, arch, (Xtr, ytr), (Xva, yva), (Xte, yte), cfg, s, n_classes, dev, progress) for s in seeds]
     m_te, s_te = mean_std([r["test_acc"] for r in runs]); m_va, s_va = mean_std([r["val_acc"] for r in runs])
     return dict(runs=runs, test_acc=dict(mean=m_te, std=s_te), val_acc=dict(mean=m_va, std=s_va), seeds=seeds,
                 n_classes=n_classes, config=asdict(cfg))

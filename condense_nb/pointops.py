@@ -8,7 +8,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from torch import Tensor
-from .core import check_tensor
 
 # %% auto #0
 __all__ = ['fps', 'square_distance', 'knn', 'gather_points', 'group', 'PointEmbed', 'chamfer_distance']

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-from .core import check_choice, check_int, atomic_write_bytes, save_json, load_json, st_bytes
+from .core import check_choice, check_int, atomic_write_bytes, save_json, load_json, st_bytes, remove_temp_files
 from .cameras import intrinsics, inroom_path
 from .scenes import render
 from .rooms import make_room
@@ -119,7 +119,7 @@ def build_pool(cfg: PoolConfig | str, root="data", workers: int = 1, progress: b
     elif out.exists() and any(out.iterdir()):
         raise ValueError(f"{out}: exists, is not empty and has no config.json (not a condense-nb pool); use another root or remove it")
     save_json(out/"config.json", rec)
-    for f in (out/"shards").glob(".*.tmp") if (out/"shards").is_dir() else []: f.unlink()    # leftovers of interrupted writes
+    remove_temp_files(out/"shards")                                   # leftovers of interrupted writes
     todo = [k for k in range(cfg.n_shards) if not _record_ok(cfg, out, k)]
     from tqdm.auto import tqdm
     t0 = time.time()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from .core import save_json, seed_everything, preset_config, check_int, check_number
+from .core import save_json, seed_everything, preset_config, check_int, check_number, torch_threads
 from .datasets import build_preset, RoomViews, RoomScenes
 from .encoders import DenseEncoder
 from .probes import run_probes, unit_scores, seg_labels, position_features
@@ -83,10 +83,8 @@ def run(cfg: ProbeStageConfig, data_root, out_dir, teacher: DenseEncoder, teache
     Returns:
         the metrics (probe results without the heads, consistency, layout prior, diagnostics, claims)."""
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    if cfg.num_threads: torch.set_num_threads(cfg.num_threads)
-    try: return _run(cfg, data_root, out, teacher, teacher_src, data_preset, compare, ledger, keep if keep is not None else {}, progress)
-    finally: torch.set_num_threads(threads)
+    with torch_threads(cfg.num_threads):
+        return _run(cfg, data_root, out, teacher, teacher_src, data_preset, compare, ledger, keep if keep is not None else {}, progress)
 
 def _run(cfg, data_root, out, teacher, teacher_src, data_preset, compare, ledger, keep, progress) -> dict:
     say = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)

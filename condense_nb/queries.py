@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .core import check_tensor, check_choice, check_int, check_same_shape
+from .core import check_tensor, check_int, check_same_shape
 
 # %% auto #0
 __all__ = ['TEXT_DIM', 'global_embedding', 'SceneRepository', 'set_similarity', 'match_scores', 'rank', 'match_image',

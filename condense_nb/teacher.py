@@ -5,14 +5,14 @@
 # %% ../nbs/12_teacher.ipynb #100b9651
 from __future__ import annotations
 import json, math, os, time
-from dataclasses import dataclass, asdict, fields, replace
+from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from .core import (atomic_write_bytes, save_json, load_json, check_choice, seed_everything, get_device, preset_config,
                              cosine_schedule, dist_rank_world, all_sum, all_sum_grads, broadcast_, barrier, save_checkpoint,
-                             load_checkpoint, CKPT_FORMAT, check_resume_config)
+                             load_checkpoint, CKPT_FORMAT, check_resume_config, torch_threads)
 from .encoders import DenseEncoder, save_encoder
 
 # %% auto #0
@@ -570,9 +570,7 @@ def train_teacher(images_or_dataset, cfg: TeacherConfig, out_dir, progress: bool
     rank, world = dist_rank_world()                                  # (0, 1) unless started by torchrun
     if world > 1: rank_block(cfg.batch_size, rank, world)             # the batch must split evenly (checked before any work)
     if world > 1 and dev.type == "cuda": dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-    threads = torch.get_num_threads()
-    if cfg.num_threads: torch.set_num_threads(cfg.num_threads)
-    try:
+    with torch_threads(cfg.num_threads):
         seed_everything(cfg.seed)
         state = DinoState(cfg).to(dev)
         opt = torch.optim.AdamW(param_groups(state.student), lr=cfg.lr)
@@ -581,7 +579,6 @@ def train_teacher(images_or_dataset, cfg: TeacherConfig, out_dir, progress: bool
         if rank == 0: save_json(out / "config.json", _cfg_json(cfg))
         stop = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
         _train_loop(ds, state, opt, cfg, out, start, stop, history, progress and rank == 0, save=rank == 0)
-    finally: torch.set_num_threads(threads)
     enc = teacher_encoder(state.cpu(), cfg)
     if stop >= cfg.steps and rank == 0: save_encoder(enc, out / "teacher.safetensors", dict(teacher_config=_cfg_json(cfg), steps=cfg.steps))
     enc.meta = dict(history=history, resumed_from=start)
@@ -632,10 +629,8 @@ def training_images(cfg: TeacherConfig, preset: str, data_root, workers: int = 1
 
 def run(cfg: TeacherConfig, data_root, out_dir, preset: str, workers: int = 1, progress: bool = True) -> dict:
     "Train (or resume) the teacher of recipe `cfg` on the images of data preset `preset` under `data_root`; write `out_dir/teacher.safetensors` and `metrics.json`; return the metrics."
-    threads = torch.get_num_threads()
-    if cfg.num_threads: torch.set_num_threads(cfg.num_threads)   # for the dataset and pool builds too: 2 threads per render on a busy 2-core machine were ~50x slower
-    try: return _run(cfg, data_root, out_dir, preset, workers, progress)
-    finally: torch.set_num_threads(threads)
+    with torch_threads(cfg.num_threads):   # for the dataset and pool builds too: 2 threads per render on a busy 2-core machine were ~50x slower
+        return _run(cfg, data_root, out_dir, preset, workers, progress)
 
 def _run(cfg: TeacherConfig, data_root, out_dir, preset: str, workers: int, progress: bool) -> dict:
     out, (rank, world) = Path(out_dir), dist_rank_world()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from matplotlib.figure import Figure
-from .core import check_tensor, check_int, check_number, atomic_write_bytes, atomic_write_text, atomic_savefig
+from .core import check_tensor, check_int, check_number, atomic_write_text, atomic_savefig
 from .cameras import get_rays, camera_center
 from .scenes import CLASSES
 
