@@ -32,12 +32,14 @@ from .queries import (SceneRepository, match_image, duplicate_scores, duplicate_
 from .claims import claim_row, update_ledger, ledger_precondition
 from .cameras import inroom_path
 from .scenes import CLASSES, render as rt_render
+from .rooms import make_room
+from .pool import PoolConfig, build_pool, pool_rooms
 
 # %% auto #0
-__all__ = ['PRESETS', 'CondenseConfig', 'prepare_room', 'load_rooms', 'fit_standardizer', 'build_models', 'make_optimizer',
-           'Joint', 'train_step', 'train_joint', 'val_corr_acc', 'pretrain', 'seg3d_eval', 'finetune_seg3d',
-           'oracle_tokens', 'condense_rooms', 'query_descriptors', 'scene_repository', 'novel_views',
-           'caption_variants', 'seed_std_verdict', 'standing', 'run']
+__all__ = ['PRESETS', 'CondenseConfig', 'prepare_views', 'prepare_room', 'load_rooms', 'load_pool_rooms', 'fit_standardizer',
+           'build_models', 'make_optimizer', 'Joint', 'train_step', 'train_joint', 'val_corr_acc', 'pretrain',
+           'seg3d_eval', 'finetune_seg3d', 'oracle_tokens', 'condense_rooms', 'query_descriptors', 'scene_repository',
+           'novel_views', 'caption_variants', 'seed_std_verdict', 'standing', 'run']
 
 # %% ../nbs/45_condense.ipynb #1d803ca6
 @dataclass
@@ -51,6 +53,7 @@ class CondenseConfig:
     steps: int = 24                      # joint-training steps
     warmup: int = 4                      # steps with the 2D side fixed
     sweep_steps: int = 10                # steps of each fidelity-weight candidate (capped at `steps`)
+    pool_rooms: int = 0                  # unlabelled pool rooms (08_pool) joint training adds to the train rooms (0: none)
     lam_fids: tuple = (0.3, 3.0)         # fidelity-weight candidates, chosen on val
     lam_fid: float = 1.0                 # the weight used when there is no sweep
     lam_kp: float = 0.5                  # key-point loss weight
@@ -89,6 +92,7 @@ class CondenseConfig:
                   "consistency_pairs", "sweep_steps"):
             check_int(getattr(self, f), f"CondenseConfig.{f}")
         check_int(self.warmup, "CondenseConfig.warmup", 0)
+        check_int(self.pool_rooms, "CondenseConfig.pool_rooms", 0)
         check_int(self.seg_head_warmup, "CondenseConfig.seg_head_warmup", 0, self.seg_steps)
         check_number(self.seg_backbone_lr_mult, "CondenseConfig.seg_backbone_lr_mult", 0, 1, lo_open=True)
         for f in ("sigma", "lr3d", "lr2d", "seg_lr"): check_number(getattr(self, f), f"CondenseConfig.{f}", 0, lo_open=True)
@@ -110,17 +114,17 @@ class CondenseConfig:
         return dict(input_types=("rgbd",), width=self.width, out_dim=self.out_dim, widths=tuple(self.widths))
 
 PRESETS = dict(
-    tiny=dict(render_norm="premultiplied", res=(8, 16, 16), width=8, out_dim=16, widths=(8, 16), steps=24, warmup=4, sweep_steps=10, lam_fids=(0.3, 3.0),
+    tiny=dict(render_norm="premultiplied", res=(8, 16, 16), width=8, out_dim=16, widths=(8, 16), steps=24, warmup=4, sweep_steps=10, pool_rooms=8, lam_fids=(0.3, 3.0),
               lam_fid=1.0, lam_kp=0.5, views_per_step=2, n_samples=32, sigma=10.0, lr3d=3e-3, lr2d=3e-5, ckpt_every=8,
               kp3d=32, kp2d=16, seg_steps=24, seg_eval_every=8, seg_lr=3e-3, seg_head_warmup=4, seg_backbone_lr_mult=0.1,
               label_fracs=(0.1, 1.0), n_queries=2,
               probe_stride=2, probe_epochs=4, probe_lrs=(1e-1,), text_variants=4, text_epochs=60, consistency_pairs=2),
-    small=dict(render_norm="premultiplied", res=(12, 24, 24), width=16, out_dim=32, widths=(16, 32, 64), steps=1200, warmup=100, sweep_steps=300,
+    small=dict(render_norm="premultiplied", res=(12, 24, 24), width=16, out_dim=32, widths=(16, 32, 64), steps=1200, warmup=100, sweep_steps=300, pool_rooms=0,
                lam_fids=(0.1, 0.3, 1.0, 3.0), lam_fid=1.0, lam_kp=0.5, views_per_step=4, n_samples=48, sigma=20.0, lr3d=1e-3,
                lr2d=3e-5, ckpt_every=50, kp3d=128, kp2d=32, seg_steps=1200, seg_eval_every=100, seg_lr=1e-3, seg_head_warmup=100,
                seg_backbone_lr_mult=0.1, label_fracs=(0.01, 0.1, 1.0), n_queries=4, probe_stride=2, probe_epochs=20, probe_lrs=(3e-3, 3e-2),
                text_variants=8, text_epochs=300, consistency_pairs=4),
-    full=dict(render_norm="premultiplied", res=(32, 64, 64), width=32, out_dim=64, widths=(32, 64, 128, 256), steps=20000, warmup=1000, sweep_steps=2000,
+    full=dict(render_norm="premultiplied", res=(32, 64, 64), width=32, out_dim=64, widths=(32, 64, 128, 256), steps=20000, warmup=1000, sweep_steps=2000, pool_rooms=2000,
               lam_fids=(0.1, 0.3, 1.0, 3.0), lam_fid=1.0, lam_kp=0.5, views_per_step=8, n_samples=96, sigma=40.0, lr3d=1e-3,
               lr2d=1e-5, ckpt_every=500, kp3d=256, kp2d=64, seg_steps=6000, seg_eval_every=250, seg_lr=1e-3, seg_head_warmup=500,
               seg_backbone_lr_mult=0.1, label_fracs=(0.01, 0.1, 1.0), n_queries=8, probe_stride=1, probe_epochs=30, probe_lrs=(1e-3, 1e-2, 1e-1),
@@ -128,20 +132,37 @@ PRESETS = dict(
 )
 
 # %% ../nbs/45_condense.ipynb #d105bc0c
-def prepare_room(item: dict, teacher: nn.Module, res: tuple, sigma: float) -> dict:
-    "One `RoomScenes` item with its fused grid [4, D, H, W], occupancy, density [1, D, H, W], voxel labels and teacher tokens [V, C2, h, w]."
-    aabb = scene_aabb(item["scene"]["meta"])
-    grid = fuse_rgbd(item["rgb"].permute(0, 2, 3, 1), item["depth"], item["K"], item["viewmats"], aabb, res)   # [4, D, H, W]
+def prepare_views(rgb: Tensor, depth: Tensor, K: Tensor, viewmats: Tensor, meta: dict, teacher: nn.Module, res: tuple,
+                  sigma: float) -> dict:  # rgb [V, 3, H, W] in [0, 1], depth [V, H, W] (inf: no hit), K [V, 3, 3], viewmats [V, 4, 4]
+    "What a joint step reads of one room's posed RGB-D views: the fused grid [4, D, H, W], occupancy, density [1, D, H, W], teacher tokens [V, C2, h, w]."
+    aabb = scene_aabb(meta)
+    grid = fuse_rgbd(rgb.permute(0, 2, 3, 1), depth, K, viewmats, aabb, res)                       # [4, D, H, W]
     occ = grid[3]
-    return dict(scene_id=item["scene_id"], rgb=item["rgb"], depth=item["depth"], semantic=item["semantic"],
-                K=item["K"], viewmats=item["viewmats"], aabb=aabb, grid=grid, occ=occ, density=occ[None] * sigma,
-                labels=voxel_labels(item["points"], item["point_semantic"], aabb, res), caption=item["caption"],
-                duplicate_of=item["duplicate_of"], meta=item["scene"]["meta"], teacher=extract_features(teacher, item["rgb"]))
+    return dict(rgb=rgb, depth=depth, K=K, viewmats=viewmats, aabb=aabb, grid=grid, occ=occ, density=occ[None] * sigma,
+                teacher=extract_features(teacher, rgb))
+
+def prepare_room(item: dict, teacher: nn.Module, res: tuple, sigma: float) -> dict:
+    "One `RoomScenes` item prepared (`prepare_views`), with its class maps, voxel labels [D, H, W], caption and description."
+    meta = item["scene"]["meta"]
+    views = prepare_views(item["rgb"], item["depth"], item["K"], item["viewmats"], meta, teacher, res, sigma)
+    return dict(views, scene_id=item["scene_id"], semantic=item["semantic"], labels=voxel_labels(item["points"], item["point_semantic"], views["aabb"], res),
+                caption=item["caption"], duplicate_of=item["duplicate_of"], meta=meta)
 
 def load_rooms(root, split: str, teacher: nn.Module, cfg: CondenseConfig) -> list[dict]:
     "Every room of `split` of the dataset folder `root`, prepared (`prepare_room`); each also keeps its split, index and dataset."
     ds = RoomScenes(root, split)
     return [dict(prepare_room(ds[i], teacher, tuple(cfg.res), cfg.sigma), split=split, index=i, ds=ds) for i in range(len(ds))]
+
+def load_pool_rooms(data_root, data_preset: str, teacher: nn.Module, cfg: CondenseConfig) -> list[dict]:
+    "The first `cfg.pool_rooms` rooms of preset `data_preset`'s unlabelled pool under `data_root` (their shards built if missing), prepared (`prepare_views`)."
+    pcfg, dcfg = PoolConfig.from_preset(data_preset), resolve_config(data_preset)
+    if (pcfg.width, pcfg.height) != (dcfg.width, dcfg.height):
+        raise ValueError(f"pool_rooms: the {data_preset} pool's views are {pcfg.width}×{pcfg.height}, the dataset's {dcfg.width}×{dcfg.height}; "
+                         "joint training renders one size")
+    if cfg.pool_rooms > pcfg.rooms: raise ValueError(f"CondenseConfig.pool_rooms: the {data_preset} pool has {pcfg.rooms} rooms, asked for {cfg.pool_rooms}")
+    root = build_pool(pcfg, data_root, progress=False, max_rooms=cfg.pool_rooms)
+    return [dict(prepare_views(r["rgb"], r["depth"], r["K"], r["viewmats"], make_room(r["seed"]).meta, teacher, tuple(cfg.res), cfg.sigma),
+                 scene_id=f"pool_{r['seed']}", seed=r["seed"], split="pool", index=i) for i, r in enumerate(pool_rooms(root, cfg.pool_rooms))]
 
 def fit_standardizer(maps: list) -> Callable[[Tensor], Tensor]:  # maps: list of [n, C, h, w]
     "Per-channel standardisation [n, C, h, w] -> [n, C, h, w] with the (fixed) mean and std of every token of `maps`."
@@ -232,22 +253,23 @@ def val_corr_acc(student: nn.Module, val_rooms: list, cfg: CondenseConfig) -> fl
     return run_consistency(student, rooms, seeds=(0,), gap=2, per_room=cfg.consistency_pairs, max_points=400)["mean"]["corr_acc"]
 
 def pretrain(teacher: nn.Module, joint: Joint, val_rooms: list, cfg: CondenseConfig, out_dir, sweep: bool = True,
-             log: Callable = print) -> tuple[dict, list, float, dict]:
-    "Choose λ_fid on val (if `sweep` and several candidates; scores cached in out_dir/sweep.json), then train to `cfg.steps`: (models, history, lam_fid, sweep scores)."
-    out_dir = Path(out_dir); sweep_path = out_dir / "sweep.json"
+             log: Callable = print, tag: str = "") -> tuple[dict, list, float, dict]:
+    """Choose λ_fid on val (if `sweep` and several candidates; scores cached in out_dir/sweep.json), then train to `cfg.steps`: (models, history, lam_fid, sweep scores).
+    `tag` names a variant of the training rooms in the cache names (sweep{tag}.json, pretrain/fid{λ}{tag}), so variants never share a cache."""
+    out_dir = Path(out_dir); sweep_path = out_dir / f"sweep{tag}.json"
     if sweep and len(cfg.lam_fids) > 1:
         if sweep_path.exists(): scores = load_json(sweep_path)
         else:
             scores = {}
             for lam in cfg.lam_fids:
                 log(f"sweep: lam_fid = {lam}")
-                m, _ = train_joint(teacher, joint, cfg, lam, cfg.sweep_steps, out_dir / "pretrain" / f"fid{lam:g}", log=log)
+                m, _ = train_joint(teacher, joint, cfg, lam, cfg.sweep_steps, out_dir / "pretrain" / f"fid{lam:g}{tag}", log=log)
                 scores[f"{lam:g}"] = val_corr_acc(m["student"], val_rooms, cfg)
             save_json(sweep_path, scores)
         lam_fid = max(cfg.lam_fids, key=lambda l: (scores[f"{l:g}"], l))
     else: scores, lam_fid = {}, cfg.lam_fid
     log(f"val corr. acc. per lam_fid: {scores} -> lam_fid = {lam_fid}")
-    models, history = train_joint(teacher, joint, cfg, lam_fid, cfg.steps, out_dir / "pretrain" / f"fid{lam_fid:g}", log=log)
+    models, history = train_joint(teacher, joint, cfg, lam_fid, cfg.steps, out_dir / "pretrain" / f"fid{lam_fid:g}{tag}", log=log)
     return models, history, lam_fid, scores
 
 # %% ../nbs/45_condense.ipynb #08f23319
@@ -397,10 +419,17 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
         for r in rooms: r["teacher"] = standardize(r["teacher"])
     timings["load_s"] = round(time.time() - t0, 1)
     say(f"rooms {({k: len(v) for k, v in R.items()})}; grid {list(cfg.res)}; {timings['load_s']} s")
-    # joint training, the fidelity weight chosen on val
+    # unlabelled pool rooms for joint training only (no labels: never in a downstream task)
     t0 = time.time()
-    joint = Joint(R["train"], standardize, dcfg.width, dcfg.height, PATCH)
-    models, history, lam_fid, sweep_res = pretrain(teacher, joint, R["val"], cfg, out, sweep=cfg.sweep, log=say)
+    P = load_pool_rooms(data_root, data_preset, teacher, cfg) if cfg.pool_rooms else []
+    for r in P: r["teacher"] = standardize(r["teacher"])
+    timings["pool_s"] = round(time.time() - t0, 1)
+    if P: say(f"pool rooms for joint training: {len(P)}; {timings['pool_s']} s")
+    # joint training on train (+ pool) rooms, the fidelity weight chosen on val
+    t0 = time.time()
+    joint = Joint(R["train"] + P, standardize, dcfg.width, dcfg.height, PATCH)
+    tag = f"_pool{len(P)}" if P else ""                                     # the caches of joint training on other rooms are other files
+    models, history, lam_fid, sweep_res = pretrain(teacher, joint, R["val"], cfg, out, sweep=cfg.sweep, log=say, tag=tag)
     timings["pretrain_s"] = round(time.time() - t0, 1)
     enc_kw = cfg.encoder_kwargs()
     save_encoder(models["student"], out / "condense2d.safetensors", dict(stage="condense", lam_fid=lam_fid, steps=cfg.steps))
@@ -411,7 +440,7 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
     backbones = {"pretrained": models["enc3d"]}
     def seg_run(init, frac, seed, frozen=False):
         mult = 1.0 if init == "scratch" else cfg.seg_backbone_lr_mult           # a random backbone has nothing to preserve
-        path = out / "seg" / (f"{init}_{round(frac * 100)}pct_seed{seed}_{cfg.seg_steps}steps_w{cfg.seg_head_warmup}_m{mult:g}"
+        path = out / "seg" / (f"{init}{tag if init == 'pretrained' else ''}_{round(frac * 100)}pct_seed{seed}_{cfg.seg_steps}steps_w{cfg.seg_head_warmup}_m{mult:g}"
                               f"_lr{cfg.seg_lr:g}{'_frozen' if frozen else ''}.json")              # another schedule: other files
         if path.exists(): return load_json(path)
         n = max(1, round(frac * len(R["train"])))
@@ -443,7 +472,8 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
     standardize_oracle = fit_standardizer([oracle_tokens(r["semantic"], A_oracle, PATCH) for r in R["train"]])
     for rooms in R.values():
         for r in rooms: r["oracle"] = standardize_oracle(oracle_tokens(r["semantic"], A_oracle, PATCH))
-    oracle_models, oracle_history = train_joint(teacher, joint, cfg, lam_fid, cfg.steps, out / "pretrain" / "oracle", targets="oracle", log=say)
+    oracle_models, oracle_history = train_joint(teacher, joint._replace(rooms=R["train"]), cfg, lam_fid, cfg.steps, out / "pretrain" / "oracle",
+                                                targets="oracle", log=say)                     # class tokens need labels: train rooms only
     backbones["oracle"] = oracle_models["enc3d"]
     oracle_runs = {mode: [seg_run("oracle", f_lo, s, frozen=mode == "frozen") for s in seeds] for mode in ("fine-tuned", "frozen")}
     oracle_res = {mode: _mstd([r["test"]["mIoU"] for r in runs]) for mode, runs in oracle_runs.items()}
@@ -568,6 +598,6 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
                    probes_positional={n: {k: v for k, v in probes_pos[n].items() if k in ("seg", "depth")} for n in encoders2d},
                    consistency=consistency, image_to_scene=img_res, image_to_scene_per_room=img_hits, n_image_queries_per_seed=len(query_cache[seeds[0]][1]),
                    query_mode=query_mode, query_modes=query_modes, val_query_top1=val_top1, duplicates=duplicates, text_to_scene=txt_res,
-                   n_test_scenes=len(R["test"]), n_train_rooms=len(R["train"]), done_when={k: bool(v) for k, v in done_when.items()}, claims=claims, timings=dict(timings, total_s=round(time.time() - t_start, 1)))
+                   n_test_scenes=len(R["test"]), n_train_rooms=len(R["train"]), n_pool_rooms=len(P), done_when={k: bool(v) for k, v in done_when.items()}, claims=claims, timings=dict(timings, total_s=round(time.time() - t_start, 1)))
     save_json(out / "metrics.json", metrics)
     return metrics

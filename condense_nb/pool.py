@@ -17,7 +17,8 @@ from .rooms import make_room
 from .datasets import verified_tensors
 
 # %% auto #0
-__all__ = ['POOL_OFFSET', 'POOL_PRESETS', 'PoolConfig', 'pool_seeds', 'shard_paths', 'build_shard', 'build_pool', 'PoolImages']
+__all__ = ['POOL_OFFSET', 'POOL_PRESETS', 'PoolConfig', 'pool_seeds', 'shard_paths', 'build_shard', 'build_pool',
+           'read_pool_config', 'read_shard', 'PoolImages', 'pool_rooms']
 
 # %% ../nbs/08_pool.ipynb #e3de4661
 POOL_OFFSET = 500_000      # pool room i has seed base_seed + POOL_OFFSET + i (the splits use 0 .. 400_000 + 100_000)
@@ -107,10 +108,12 @@ def _worker_init():
 
 def _config_record(cfg: PoolConfig) -> dict: return dict(format="condense-nb unlabelled pool", version=1, config=asdict(cfg))
 
-def build_pool(cfg: PoolConfig | str, root="data", workers: int = 1, progress: bool = True) -> Path:
-    "Build (or finish) the pool `cfg` (a PoolConfig or a preset name) in `root/<name>/` with `workers` processes; return that folder."
+def build_pool(cfg: PoolConfig | str, root="data", workers: int = 1, progress: bool = True, max_rooms: int | None = None) -> Path:
+    """Build (or finish) the pool `cfg` (a PoolConfig or a preset name) in `root/<name>/` with `workers` processes; return that folder.
+    `max_rooms`: build only the shards holding the first `max_rooms` rooms (the pool is marked done once every shard is built)."""
     cfg = PoolConfig.from_preset(cfg) if isinstance(cfg, str) else cfg
     workers = check_int(workers, "workers")
+    n_shards = cfg.n_shards if max_rooms is None else math.ceil(check_int(max_rooms, "max_rooms", 1, cfg.rooms) / cfg.rooms_per_shard)
     out = Path(root)/cfg.name
     rec = json.loads(json.dumps(_config_record(cfg)))
     if (out/"config.json").exists():
@@ -120,10 +123,10 @@ def build_pool(cfg: PoolConfig | str, root="data", workers: int = 1, progress: b
         raise ValueError(f"{out}: exists, is not empty and has no config.json (not a condense-nb pool); use another root or remove it")
     save_json(out/"config.json", rec)
     remove_temp_files(out/"shards")                                   # leftovers of interrupted writes
-    todo = [k for k in range(cfg.n_shards) if not _record_ok(cfg, out, k)]
+    todo = [k for k in range(n_shards) if not _record_ok(cfg, out, k)]
     from tqdm.auto import tqdm
-    t0 = time.time()
-    with tqdm(total=cfg.rooms, initial=cfg.rooms - sum(len(pool_seeds(cfg, k)) for k in todo), desc=f"pool {cfg.name}",
+    t0, total = time.time(), sum(len(pool_seeds(cfg, k)) for k in range(n_shards))
+    with tqdm(total=total, initial=total - sum(len(pool_seeds(cfg, k)) for k in todo), desc=f"pool {cfg.name}",
               unit="room", disable=not progress) as bar:
         if workers == 1 or len(todo) <= 1:
             for k in todo: bar.update(build_shard(cfg, k, out)["rooms"])
@@ -132,6 +135,7 @@ def build_pool(cfg: PoolConfig | str, root="data", workers: int = 1, progress: b
             from concurrent.futures import ProcessPoolExecutor, as_completed
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as ex:
                 for f in as_completed([ex.submit(build_shard, cfg, k, out) for k in todo]): bar.update(f.result()["rooms"])
+    if n_shards < cfg.n_shards and not all(_record_ok(cfg, out, k) for k in range(n_shards, cfg.n_shards)): return out   # a prefix
     shards = [load_json(shard_paths(out, k)[1]) for k in range(cfg.n_shards)]
     old = load_json(out/"pool.json") if (out/"pool.json").exists() else {}
     save_json(out/"pool.json", dict(rooms=cfg.rooms, views=cfg.rooms * cfg.views_per_room, bytes=sum(s["bytes"] for s in shards),
@@ -142,26 +146,37 @@ def build_pool(cfg: PoolConfig | str, root="data", workers: int = 1, progress: b
     return out
 
 # %% ../nbs/08_pool.ipynb #eafa010c
+def read_pool_config(root) -> PoolConfig:
+    "The PoolConfig recorded in the pool folder `root` (`config.json`), or one ValueError naming the file."
+    path = Path(root)/"config.json"
+    if not path.exists(): raise ValueError(f"{path}: no pool here; build it with build_pool / condense-nb pool")
+    c = load_json(path)
+    if not isinstance(c, dict) or c.get("format") != "condense-nb unlabelled pool" or not isinstance(c.get("config"), dict):
+        raise ValueError(f"{path}: not a condense-nb pool config")
+    try: return PoolConfig(**c["config"])
+    except (TypeError, ValueError) as e: raise ValueError(f"{path}: not a PoolConfig of this version ({e})") from None
+
+def read_shard(root, cfg: PoolConfig, k: int, verify: bool = True) -> dict[str, Tensor]:
+    "Shard `k`'s tensors (rgb [R, V, H, W, 3] uint8, depth [R, V, H, W] float16, K [R, V, 3, 3], viewmats [R, V, 4, 4]), checked."
+    st_path, js_path = shard_paths(root, k)
+    if not (st_path.exists() and js_path.exists()): raise ValueError(f"{st_path}: shard {k} is not built; run build_pool / condense-nb pool")
+    rec = load_json(js_path)
+    if not isinstance(rec, dict): raise ValueError(f"{js_path}: expected a shard record (a JSON object)")
+    R, V, H, W = len(pool_seeds(cfg, k)), cfg.views_per_room, cfg.height, cfg.width
+    spec = dict(rgb=(torch.uint8, (R, V, H, W, 3), None, None), depth=(torch.float16, (R, V, H, W), 0, math.inf),
+                K=(torch.float32, (R, V, 3, 3), None, None), viewmats=(torch.float32, (R, V, 4, 4), None, None))
+    return verified_tensors(st_path, spec, rec.get("sha256") if verify else None,
+                            f"delete it and {js_path.name}, then run build_pool again (condense-nb pool) to rebuild that shard")
+
 class PoolImages(Dataset):
     "The rgb views of a built pool, as float images [3, H, W] in [0, 1]; `room_of[i]` is view i's room (for diagnostics)."
     def __init__(self, root, verify: bool = True, max_rooms: int | None = None):
         root = Path(root)
         if not (root/"DONE").exists(): raise ValueError(f"{root}: not a finished pool (no DONE); build it with build_pool / condense-nb pool")
-        c = load_json(root/"config.json")
-        if not isinstance(c, dict) or c.get("format") != "condense-nb unlabelled pool" or not isinstance(c.get("config"), dict):
-            raise ValueError(f"{root/'config.json'}: not a condense-nb pool config")
-        try: self.config = cfg = PoolConfig(**c["config"])
-        except (TypeError, ValueError) as e: raise ValueError(f"{root/'config.json'}: not a PoolConfig of this version ({e})") from None
+        self.config = cfg = read_pool_config(root)
         rgbs, rooms, n = [], [], 0
         for k in range(self.config.n_shards):
-            st_path, js_path = shard_paths(root, k)
-            rec = load_json(js_path)
-            if not isinstance(rec, dict): raise ValueError(f"{js_path}: expected a shard record (a JSON object)")
-            R, V, H, W = len(pool_seeds(cfg, k)), cfg.views_per_room, cfg.height, cfg.width
-            spec = dict(rgb=(torch.uint8, (R, V, H, W, 3), None, None), depth=(torch.float16, (R, V, H, W), 0, math.inf),
-                        K=(torch.float32, (R, V, 3, 3), None, None), viewmats=(torch.float32, (R, V, 4, 4), None, None))
-            rgb = verified_tensors(st_path, spec, rec.get("sha256") if verify else None,
-                            f"delete it and {js_path.name}, then run build_pool again (condense-nb pool) to rebuild that shard")["rgb"]
+            rgb = read_shard(root, cfg, k, verify)["rgb"]
             if max_rooms is not None: rgb = rgb[:max(0, max_rooms - n)]
             rgbs.append(rgb.flatten(0, 1)); rooms += [n + r for r in range(len(rgb)) for _ in range(rgb.shape[1])]; n += len(rgb)
             if max_rooms is not None and n >= max_rooms: break
@@ -169,3 +184,15 @@ class PoolImages(Dataset):
 
     def __len__(self): return len(self.rgb)
     def __getitem__(self, i: int) -> Tensor: return self.rgb[i].permute(2, 0, 1).float() / 255
+
+def pool_rooms(root, n: int, verify: bool = True) -> list[dict]:
+    """The first `n` rooms of the pool folder `root` (built at least that far: `build_pool(..., max_rooms=n)`), each a dict:
+    seed, rgb [V, 3, H, W] float in [0, 1], depth [V, H, W] float (inf: nothing hit), K [V, 3, 3], viewmats [V, 4, 4]."""
+    root = Path(root); cfg = read_pool_config(root)
+    n, rooms = check_int(n, "n", 1, cfg.rooms), []
+    for k in range(math.ceil(n / cfg.rooms_per_shard)):
+        t = read_shard(root, cfg, k, verify)
+        for r, seed in enumerate(pool_seeds(cfg, k)[:n - len(rooms)]):
+            rooms.append(dict(seed=seed, rgb=t["rgb"][r].permute(0, 3, 1, 2).float() / 255, depth=t["depth"][r].float(),
+                              K=t["K"][r], viewmats=t["viewmats"][r]))
+    return rooms
