@@ -108,8 +108,8 @@ def test_condense_run_without_papermill(tiny_run, tmp_path):
     tmp, out, teacher = tiny_run
     first = json.loads((out / "metrics.json").read_text())
     kept = {}
-    m = run(CondenseConfig.from_preset("tiny"), tmp / "data", out, load_encoder(teacher), "tiny", str(teacher), ledger=tmp_path / "claims.json",
-            keep=kept)
+    cfg = CondenseConfig.from_preset("tiny", num_threads=1)          # the pipeline's config: the metrics.json it rewrites stays the same
+    m = run(cfg, tmp / "data", out, load_encoder(teacher), "tiny", str(teacher), ledger=tmp_path / "claims.json", keep=kept)
     for k in ("lam_fid", "seg3d", "seg3d_frozen", "seg3d_oracle_diagnostic", "image_to_scene", "duplicates", "done_when"):
         assert m[k] == first[k], k
     assert len(json.loads((tmp_path / "claims.json").read_text())) == len(m["claims"]) == 9
