@@ -185,7 +185,7 @@ def make_optimizer(models: dict, cfg: CondenseConfig) -> torch.optim.Adam:
 
 # %% ../nbs/45_condense.ipynb #3f642378
 class Joint(NamedTuple):
-    "What every joint-training step reads: train rooms (`prepare_room` dicts), the token standardiser, image size and patch size."
+    "What every joint-training step reads: its rooms (`prepare_room` / `prepare_views` dicts), the token standardiser, image size and patch size."
     rooms: list
     standardize: Callable[[Tensor], Tensor]
     width: int
@@ -194,7 +194,7 @@ class Joint(NamedTuple):
 
 def train_step(models: dict, opt: torch.optim.Optimizer, joint: Joint, cfg: CondenseConfig, step: int, lam_fid: float,
                targets: str = "teacher") -> dict:
-    "One joint step on one train room chosen by the step's generator; returns the loss terms as floats."
+    "One joint step on one of `joint.rooms` chosen by the step's generator; returns the loss terms as floats."
     g = torch.Generator().manual_seed(1_000_003 + step)
     room = joint.rooms[int(torch.randint(len(joint.rooms), (1,), generator=g))]
     vs = torch.randperm(len(room["rgb"]), generator=g)[:cfg.views_per_step]
@@ -430,6 +430,8 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
     joint = Joint(R["train"] + P, standardize, dcfg.width, dcfg.height, PATCH)
     tag = f"_pool{len(P)}" if P else ""                                     # the caches of joint training on other rooms are other files
     models, history, lam_fid, sweep_res = pretrain(teacher, joint, R["val"], cfg, out, sweep=cfg.sweep, log=say, tag=tag)
+    n_pool, joint = len(P), joint._replace(rooms=R["train"])              # the pool rooms' memory goes: nothing after this reads them
+    del P
     timings["pretrain_s"] = round(time.time() - t0, 1)
     enc_kw = cfg.encoder_kwargs()
     save_encoder(models["student"], out / "condense2d.safetensors", dict(stage="condense", lam_fid=lam_fid, steps=cfg.steps))
@@ -466,14 +468,13 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
         frozen_res[init] = dict(mIoU=_mstd([r["test"]["mIoU"] for r in runs]), best_steps=[r["best_step"] for r in runs],
                                 per_room_mIoU=[r["test"]["per_room_mIoU"] for r in runs])
     timings["seg3d_frozen_s"] = round(time.time() - t0, 1)
-    # the oracle diagnostic: the same pre-training distilling ground-truth class tokens
+    # the oracle diagnostic: the same pre-training on the labelled train rooms (class tokens need labels), distilling ground-truth class tokens
     t0 = time.time()
     A_oracle = torch.randn(C2, NC, generator=torch.Generator().manual_seed(0))
     standardize_oracle = fit_standardizer([oracle_tokens(r["semantic"], A_oracle, PATCH) for r in R["train"]])
     for rooms in R.values():
         for r in rooms: r["oracle"] = standardize_oracle(oracle_tokens(r["semantic"], A_oracle, PATCH))
-    oracle_models, oracle_history = train_joint(teacher, joint._replace(rooms=R["train"]), cfg, lam_fid, cfg.steps, out / "pretrain" / "oracle",
-                                                targets="oracle", log=say)                     # class tokens need labels: train rooms only
+    oracle_models, oracle_history = train_joint(teacher, joint, cfg, lam_fid, cfg.steps, out / "pretrain" / "oracle", targets="oracle", log=say)
     backbones["oracle"] = oracle_models["enc3d"]
     oracle_runs = {mode: [seg_run("oracle", f_lo, s, frozen=mode == "frozen") for s in seeds] for mode in ("fine-tuned", "frozen")}
     oracle_res = {mode: _mstd([r["test"]["mIoU"] for r in runs]) for mode, runs in oracle_runs.items()}
@@ -598,6 +599,6 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
                    probes_positional={n: {k: v for k, v in probes_pos[n].items() if k in ("seg", "depth")} for n in encoders2d},
                    consistency=consistency, image_to_scene=img_res, image_to_scene_per_room=img_hits, n_image_queries_per_seed=len(query_cache[seeds[0]][1]),
                    query_mode=query_mode, query_modes=query_modes, val_query_top1=val_top1, duplicates=duplicates, text_to_scene=txt_res,
-                   n_test_scenes=len(R["test"]), n_train_rooms=len(R["train"]), n_pool_rooms=len(P), done_when={k: bool(v) for k, v in done_when.items()}, claims=claims, timings=dict(timings, total_s=round(time.time() - t_start, 1)))
+                   n_test_scenes=len(R["test"]), n_train_rooms=len(R["train"]), n_pool_rooms=n_pool, n_oracle_rooms=len(R["train"]), done_when={k: bool(v) for k, v in done_when.items()}, claims=claims, timings=dict(timings, total_s=round(time.time() - t_start, 1)))
     save_json(out / "metrics.json", metrics)
     return metrics

@@ -344,9 +344,9 @@ def seed_everything(seed: int) -> None:
 
 @contextmanager
 def torch_threads(n: int | None, name: str = "num_threads"):
-    "Run the block with `n` torch CPU threads (None: leave the count as it is); the caller's count is restored afterwards, also on errors."
+    "Run the block with `n` torch CPU threads (None or 0: leave the count as it is); the caller's count is restored afterwards, also on errors."
     before = torch.get_num_threads()
-    if n is not None: torch.set_num_threads(check_int(n, name))
+    if n is not None and n != 0: torch.set_num_threads(check_int(n, name))
     try: yield torch.get_num_threads()
     finally: torch.set_num_threads(before)
 

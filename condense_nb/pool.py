@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-from .core import check_choice, check_int, atomic_write_bytes, save_json, load_json, st_bytes, remove_temp_files
+from .core import check_choice, check_int, atomic_write_bytes, save_json, load_json, st_bytes, remove_temp_files, FolderLock
 from .cameras import intrinsics, inroom_path
 from .scenes import render
 from .rooms import make_room
@@ -119,8 +119,12 @@ def build_pool(cfg: PoolConfig | str, root="data", workers: int = 1, progress: b
     if (out/"config.json").exists():
         if load_json(out/"config.json") != rec:
             raise ValueError(f"{out/'config.json'}: the pool there was built with another config; use another root or remove it")
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(p.name != ".build.lock" for p in out.iterdir()):
         raise ValueError(f"{out}: exists, is not empty and has no config.json (not a condense-nb pool); use another root or remove it")
+    with FolderLock(out/".build.lock", "this pool's build"):              # one builder at a time: it deletes leftovers
+        return _build(cfg, out, rec, n_shards, workers, progress)
+
+def _build(cfg: PoolConfig, out: Path, rec: dict, n_shards: int, workers: int, progress: bool) -> Path:
     save_json(out/"config.json", rec)
     remove_temp_files(out/"shards")                                   # leftovers of interrupted writes
     todo = [k for k in range(n_shards) if not _record_ok(cfg, out, k)]
