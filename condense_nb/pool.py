@@ -46,7 +46,11 @@ class PoolConfig:
         if not (isinstance(self.fov, (int, float)) and 0 < self.fov < 180): raise ValueError(f"fov: expected degrees in (0, 180), got {self.fov!r}")
 
     @property
-    def n_shards(self) -> int: return math.ceil(self.rooms / self.rooms_per_shard)
+    def n_shards(self) -> int: return self.shards_holding(self.rooms)
+
+    def shards_holding(self, rooms: int) -> int:
+        "How many shards hold the pool's first `rooms` rooms."
+        return math.ceil(rooms / self.rooms_per_shard)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "PoolConfig":
@@ -113,7 +117,7 @@ def build_pool(cfg: PoolConfig | str, root="data", workers: int = 1, progress: b
     `max_rooms`: build only the shards holding the first `max_rooms` rooms (the pool is marked done once every shard is built)."""
     cfg = PoolConfig.from_preset(cfg) if isinstance(cfg, str) else cfg
     workers = check_int(workers, "workers")
-    n_shards = cfg.n_shards if max_rooms is None else math.ceil(check_int(max_rooms, "max_rooms", 1, cfg.rooms) / cfg.rooms_per_shard)
+    n_shards = cfg.n_shards if max_rooms is None else cfg.shards_holding(check_int(max_rooms, "max_rooms", 1, cfg.rooms))
     out = Path(root)/cfg.name
     rec = json.loads(json.dumps(_config_record(cfg)))
     if (out/"config.json").exists():
@@ -194,7 +198,7 @@ def pool_rooms(root, n: int, verify: bool = True) -> list[dict]:
     seed, rgb [V, 3, H, W] float in [0, 1], depth [V, H, W] float (inf: nothing hit), K [V, 3, 3], viewmats [V, 4, 4]."""
     root = Path(root); cfg = read_pool_config(root)
     n, rooms = check_int(n, "n", 1, cfg.rooms), []
-    for k in range(math.ceil(n / cfg.rooms_per_shard)):
+    for k in range(cfg.shards_holding(n)):
         t = read_shard(root, cfg, k, verify)
         for r, seed in enumerate(pool_seeds(cfg, k)[:n - len(rooms)]):
             rooms.append(dict(seed=seed, rgb=t["rgb"][r].permute(0, 3, 1, 2).float() / 255, depth=t["depth"][r].float(),

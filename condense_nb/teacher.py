@@ -641,7 +641,7 @@ def _run(cfg: TeacherConfig, data_root, out_dir, preset: str, workers: int, prog
     teacher = train_teacher(images, cfg, out / "ckpt", progress=progress)
     seconds, hist, resumed = time.time() - t0, teacher.meta["history"], teacher.meta["resumed_from"]
     new_steps = cfg.steps - resumed
-    threads = cfg.num_threads or torch.get_num_threads()              # train_teacher restores the caller's count afterwards
+    threads = torch.get_num_threads()                                 # run holds cfg.num_threads (if set) for the whole stage
     # every step's record holds the seconds since its run (or resumed run) started: a segment ends where that drops
     train_seconds = sum(a["time"] for a, b in zip(hist, hist[1:] + [None]) if b is None or b["time"] < a["time"])
     keys = [k for k in ("loss", "dino", "ibot", "dense", "target_entropy", "batch_entropy", "patch_entropy", "patch_batch_entropy")
