@@ -155,7 +155,8 @@ def dry_fit3d(preset: str, data_root, data_cfg, teacher: nn.Module) -> list[dict
                 1, m, 1, lcfg.iterations * n_rooms, "matmuls only (the rasteriser's blending is elementwise); memory grows with densification")
     enc, B = trainable_copy(teacher), min(fcfg.batch_size, len(views["rgb"]))
     _, m = measure(lambda: finetune(enc, [(gs, views)], replace(fcfg, batch_size=B), stop_after=2), steps=2)
-    steps = fcfg.epochs * math.ceil(n_rooms * data_cfg.views_per_room / fcfg.batch_size)
+    epochs = len(cfg.finetune_lrs) + 1 if len(cfg.finetune_lrs) > 1 else fcfg.epochs         # one per rate tried on val, + the chosen one's 2nd
+    steps = epochs * math.ceil(n_rooms * data_cfg.views_per_room / fcfg.batch_size)
     ft = _row("fit3d", "fine-tuning step (render targets, ViT fwd+bwd)", _params(enc), B, m, fcfg.batch_size, steps, "ViT fwd+bwd")
     return [lift, ft]
 

@@ -6,12 +6,12 @@ their renders (Stage 2), probe the teacher, the fine-tuned model and their combi
 # %% ../nbs/23_fit3d.ipynb #2629e279
 from __future__ import annotations
 import hashlib, json, math, time
-from dataclasses import dataclass, asdict, field
+from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from .core import save_json, load_json, atomic_write_text, get_device, preset_config, check_int, torch_threads
+from .core import save_json, load_json, atomic_write_text, atomic_write_bytes, get_device, preset_config, check_int, torch_threads
 from .datasets import build_preset, RoomScenes
 from .encoders import DenseEncoder, load_encoder, save_encoder
 from .lifting import LiftConfig, lift_scenes, load_gaussians
@@ -25,8 +25,8 @@ from .scenes import CLASSES
 
 # %% auto #0
 __all__ = ['PRESETS', 'LIFT_SCRIPT', 'VARIANTS', 'PAPER_DEPTH', 'POS_VARIANTS', 'METRICS', 'PAPER', 'Fit3DConfig', 'tensors_sha',
-           'lift_views', 'lift_from_spec', 'stage1', 'stage2', 'ClsOnly', 'pca_fusion', 'variant_features', 'compare',
-           'run']
+           'lift_views', 'lift_from_spec', 'stage1', 'lr_search_dir', 'stage2', 'choose_finetune_lr', 'ClsOnly',
+           'pca_fusion', 'variant_features', 'compare', 'run']
 
 # %% ../nbs/23_fit3d.ipynb #86aaed0d
 @dataclass
@@ -40,6 +40,7 @@ class Fit3DConfig:
     lift_rooms: int | None = None      # lift (and fine-tune on) the first k train rooms; None: all of them
     lift: dict = field(default_factory=dict)       # LiftConfig fields over its preset
     finetune: dict = field(default_factory=dict)   # FinetuneConfig fields over its preset (not epochs: the stage trains 2)
+    finetune_lrs: tuple = ()           # Stage-2 learning rates tried (1 epoch each), chosen on val; (): `finetune`'s lr alone
     consistency_gap: int = 2
     consistency_pairs: int = 4
     consistency_points: int = 400
@@ -50,6 +51,9 @@ class Fit3DConfig:
         check_probe_fields(self)                                            # the probe stage's own fields and checks
         if self.lift_rooms is not None: check_int(self.lift_rooms, "lift_rooms")
         if "epochs" in self.finetune: raise ValueError("finetune: epochs is fixed at 2 (the 1- and 2-epoch models); leave it out")
+        if self.finetune_lrs and "lr" in self.finetune: raise ValueError("finetune: lr is chosen from finetune_lrs; leave it out of one of them")
+        for lr in self.finetune_lrs:
+            if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0): raise ValueError(f"finetune_lrs: {lr!r} is not a positive learning rate")
         self.lift_config(); self.finetune_config()                          # their own checks, now rather than mid-run
 
     def lift_config(self) -> LiftConfig: return LiftConfig.from_preset(self.preset, **self.lift)
@@ -61,10 +65,9 @@ class Fit3DConfig:
         return preset_config(cls, PRESETS, name, **overrides)
 
 PRESETS = dict(
-    tiny=dict(preset="tiny", view_stride=1, epochs=10, lrs=(1e-2, 1e-1), lift=dict(iterations=40)),
-    small=dict(preset="small", view_stride=2, epochs=20, lrs=(3e-3, 3e-2), lift_rooms=30,
-               lift=dict(iterations=200, n_max=4000, densify_from=50, densify_until=150, densify_every=50, max_gaussians=10_000)),
-    full=dict(preset="full", view_stride=1, epochs=30, lrs=(1e-3, 1e-2, 1e-1)))
+    tiny=dict(preset="tiny", view_stride=1, epochs=10, lrs=(1e-2, 1e-1), lift=dict(iterations=40), finetune_lrs=(1e-4, 1e-3)),
+    small=dict(preset="small", view_stride=2, epochs=20, lrs=(3e-3, 3e-2), finetune_lrs=(1e-5, 3e-5, 1e-4)),
+    full=dict(preset="full", view_stride=1, epochs=30, lrs=(1e-3, 1e-2, 1e-1), finetune_lrs=(1e-5, 3e-5, 1e-4)))
 
 # %% ../nbs/23_fit3d.ipynb #279d21aa
 def tensors_sha(module: nn.Module) -> str:
@@ -133,18 +136,40 @@ def _ckpt_step(ckdir: Path) -> int:
     "Steps done according to the fine-tuning checkpoints' commit pointer (0 without one)."
     return int(load_json(ckdir / "latest.json")["step"]) if (ckdir / "latest.json").exists() else 0
 
-def stage2(cfg: Fit3DConfig, s1: dict, teacher: DenseEncoder, out: Path, dev) -> dict:
-    "Fine-tune a copy of `teacher` on the renders of the lifted rooms for 2 epochs (resumable): the 1- and 2-epoch encoders, the loss per step, timings."
-    fcfg, teacher_sha = cfg.finetune_config(), tensors_sha(teacher.model)
-    fdir = out / "finetune"; fdir.mkdir(exist_ok=True)
-    ck, ep1_path, ep2_path = fdir / "ckpt", out / "finetuned_1ep.safetensors", out / "finetuned_2ep.safetensors"
+def _finetune_spec(fdir: Path, fcfg: FinetuneConfig, s1: dict, teacher_sha: str, done: str):
+    "Record (or, in an existing `fdir`, check) the teacher, Gaussians and recipe of the fine-tuning run there."
+    fdir.mkdir(parents=True, exist_ok=True)
     spec = dict(teacher_sha=teacher_sha, gaussians={sid: tensors_sha(g) for sid, g in s1["gaussians"].items()},
                 config=json.loads(json.dumps(asdict(fcfg))))
     if (fdir / "spec.json").exists() and load_json(fdir / "spec.json") != spec:
         raise ValueError(f"{fdir}: made with another teacher, other Gaussians or another FinetuneConfig ({fdir / 'spec.json'}); "
-                         "use a new out_dir or delete that folder and the finetuned_*.safetensors files")
+                         f"use a new out_dir or delete that folder and {done}")
     save_json(fdir / "spec.json", spec)
-    scenes = [(s1["gaussians"][sid], lift_views(s1["rooms"], sid, device=dev)) for sid in s1["scene_ids"]]
+
+def _scenes(s1: dict, dev) -> list:
+    "Stage 2's training scenes: (Gaussians, views) of every lifted room."
+    return [(s1["gaussians"][sid], lift_views(s1["rooms"], sid, device=dev)) for sid in s1["scene_ids"]]
+
+def lr_search_dir(out: Path, lr: float) -> Path: return out / "lr_search" / f"lr{lr:g}"
+
+def stage2(cfg: Fit3DConfig, s1: dict, teacher: DenseEncoder, out: Path, dev, lr: float | None = None) -> dict:
+    """Fine-tune a copy of `teacher` on the renders of the lifted rooms for 2 epochs at `lr` (None: the config's; resumable):
+    the 1- and 2-epoch encoders, the loss per step, timings. A finished 1-epoch run of the learning-rate search at `lr`
+    (`lr_search_dir`) is the first epoch: its checkpoint and model are copied, not retrained."""
+    fcfg, teacher_sha = cfg.finetune_config(), tensors_sha(teacher.model)
+    if lr is not None: fcfg = replace(fcfg, lr=lr)
+    fdir = out / "finetune"
+    ck, ep1_path, ep2_path = fdir / "ckpt", out / "finetuned_1ep.safetensors", out / "finetuned_2ep.safetensors"
+    _finetune_spec(fdir, fcfg, s1, teacher_sha, "the finetuned_*.safetensors files")
+    searched = lr_search_dir(out, fcfg.lr)
+    if (searched / "finetuned_1ep.safetensors").exists() and not ep1_path.exists() and _ckpt_step(ck) == 0:
+        if load_json(searched / "spec.json") != load_json(fdir / "spec.json"): raise ValueError(f"{searched}: its spec differs from {fdir}'s")
+        latest = load_json(searched / "ckpt" / "latest.json")                  # the model, the checkpoint, then its commit pointer
+        for suffix in (".json", ".safetensors"):                                # an encoder is its config and its weights
+            atomic_write_bytes(ep1_path.with_suffix(suffix), (searched / "finetuned_1ep").with_suffix(suffix).read_bytes())
+        atomic_write_bytes(ck / latest["checkpoint"], (searched / "ckpt" / latest["checkpoint"]).read_bytes())
+        save_json(ck / "latest.json", latest)
+    scenes = _scenes(s1, dev)
     n_samples = sum(len(v["rgb"]) for _, v in scenes)
     B = fcfg.batch_size; spe = math.ceil(n_samples / B); total = spe * fcfg.epochs
     batch_images = lambda s: min(B, n_samples - (s % spe) * B)             # images in step s (0-based): the last batch may be short
@@ -164,6 +189,41 @@ def stage2(cfg: Fit3DConfig, s1: dict, teacher: DenseEncoder, out: Path, dev) ->
     return dict(config=fcfg, ft1=load_encoder(ep1_path).to(dev), ft2=load_encoder(ep2_path).to(dev), losses=np.array([r["loss"] for r in log]),
                 n_samples=n_samples, batch_size=B, steps_per_epoch=spe, steps=total, step0=step0, timing=timing,
                 images_per_s=timing["images"] / timing["seconds"] if timing["seconds"] > 0 else float("nan"))
+
+# %% ../nbs/23_fit3d.ipynb #c4f1e2a7
+def choose_finetune_lr(cfg: Fit3DConfig, s1: dict, teacher: DenseEncoder, splits: dict, out: Path, dev, say=lambda *a: None) -> dict:
+    """Stage 2's learning rate, chosen on val: one epoch of fine-tuning at each of `cfg.finetune_lrs` (resumable, in
+    `out/lr_search/lr{rate}/`), then the concat probe (teacher ⊕ 1-epoch model, segmentation, `cfg.seeds`) fitted on train and
+    scored on val; the highest mean val mIoU wins.
+
+    Args:
+        splits: the probe splits {train, val, ...: (images [N, 3, H, W], labels, depth)}; the test split is not read.
+    Returns:
+        dict(lr=the chosen rate, val_mIoU={rate: mean val mIoU}, seconds); with fewer than two rates, the one rate (or the
+        config's) and no fine-tuning or probes."""
+    lrs = [float(x) for x in cfg.finetune_lrs] or [cfg.finetune_config().lr]
+    if len(lrs) == 1: return dict(lr=lrs[0], val_mIoU={}, seconds=0.0)
+    t0, fcfg, teacher_sha = time.time(), cfg.finetune_config(), tensors_sha(teacher.model)
+    scenes, fdir = _scenes(s1, dev), out / "features"; fdir.mkdir(exist_ok=True)
+    steps_per_epoch = math.ceil(sum(len(v["rgb"]) for _, v in scenes) / fcfg.batch_size)
+    features = lambda name, enc: {s: cached_features(enc, splits[s][0], fdir / f"{name}_{s}.safetensors", key=f"{name}:{tensors_sha(enc.model)}",
+                                                     device=dev) for s in ("train", "val")}
+    F_teacher, val_mIoU = features("teacher", teacher), {}
+    for lr in lrs:
+        run_dir = lr_search_dir(out, lr); path = run_dir / "finetuned_1ep.safetensors"
+        _finetune_spec(run_dir, replace(fcfg, lr=lr), s1, teacher_sha, path.name)
+        if not path.exists():
+            student = trainable_copy(teacher)
+            finetune(student, scenes, replace(fcfg, lr=lr), ckpt_dir=run_dir / "ckpt", stop_after=steps_per_epoch)
+            save_encoder(student, path, dict(stage="fit3d", epochs=1, steps=steps_per_epoch, lr=lr, teacher_sha=teacher_sha))
+        F_ft = features(f"ft1_lr{lr:g}", load_encoder(path).to(dev))
+        concat = {s: torch.cat([F_teacher[s], F_ft[s]], 1) for s in ("train", "val")}
+        res = run_probes(None, dict(splits, test=splits["val"]), len(CLASSES), seeds=list(cfg.seeds), features=dict(concat, test=concat["val"]),
+                         depth=False, seg_kwargs=dict(epochs=cfg.epochs, lrs=cfg.lrs), device=dev)
+        val_mIoU[f"{lr:g}"] = float(res["seg"]["mean"]["mIoU"])
+        say(f"fine-tuning lr {lr:g}: val mIoU of the concat probe {100 * val_mIoU[f'{lr:g}']:.1f}%")
+    best = max(lrs, key=lambda lr: val_mIoU[f"{lr:g}"])
+    return dict(lr=best, val_mIoU=val_mIoU, seconds=round(time.time() - t0, 1))
 
 # %% ../nbs/23_fit3d.ipynb #81c610cf
 VARIANTS = ("teacher", "fine-tuned (1 ep)", "concat (1 ep)", "add (1 ep)", "linear fusion (1 ep)", "fine-tuned (2 ep)", "concat (2 ep)")
@@ -250,7 +310,8 @@ def _run(cfg, data_root, out, teacher, teacher_src, teacher_path, data_preset, l
     hists = s1["hists"]
     final = lambda k: float(np.mean([np.mean(h[k][-max(1, len(h[k]) // 10):]) for h in hists.values()]))
     say(f"Stage 1: {len(s1['scene_ids'])} rooms, {len(s1['lifted_now'])} lifted now ({s1['seconds']:.0f} s); final PSNR {final('psnr'):.1f} dB")
-    s2 = stage2(cfg, s1, teacher, out, dev)
+    sel = choose_finetune_lr(cfg, s1, teacher, splits, out, dev, say)
+    s2 = stage2(cfg, s1, teacher, out, dev, lr=sel["lr"])
     ft1, ft2, losses, spe = s2["ft1"], s2["ft2"], s2["losses"], s2["steps_per_epoch"]
     k_ = max(1, spe // 4)
     say(f"Stage 2: {s2['n_samples']} images, {spe} steps per epoch, steps {s2['step0']}->{s2['steps']} in this run, {s2['images_per_s']:.1f} images/s")
@@ -332,7 +393,7 @@ def _run(cfg, data_root, out, teacher, teacher_src, teacher_path, data_preset, l
         finetune=dict(config=asdict(fcfg), n_samples=s2["n_samples"], batch_size=s2["batch_size"], steps_per_epoch=spe, steps=s2["steps"],
                       steps_this_run=s2["steps"] - s2["step0"], images_per_s=s2["images_per_s"], seconds=s2["timing"]["seconds"],
                       images=s2["timing"]["images"], loss_start=float(losses[:k_].mean()), loss_epoch1=float(losses[spe - k_:spe].mean()),
-                      loss_epoch2=float(losses[-k_:].mean())),
+                      loss_epoch2=float(losses[-k_:].mean()), lr_search=sel),
         linear_fusion=dict(method="PCA of the train concat tokens to the teacher dim", out_channels=C, variance_kept=kept),
         feature_seconds=round(feature_seconds, 2), probe_seconds=round(probe_seconds, 1), probes=results, consistency=consistency,
         paper_depth_probe=dict(features="CLS ⊕ patch", head="bins", probes=paper_depth, seconds=round(paper_depth_seconds, 1)),

@@ -46,7 +46,8 @@ def test_full_dry_run(tmp_path, capsys):
     assert rows["i2pmae:2D"]["full_steps"] == clean_train
     lift, ft = rows["fit3d:lifting"], rows["fit3d:fine-tuning"]
     assert lift["full_steps"] == f3.lift_config().iterations * full.rooms_train
-    assert ft["full_steps"] == 2 * -(-full.rooms_train * full.views_per_room // f3.finetune_config().batch_size)   # 2 epochs
+    epochs = len(f3.finetune_lrs) + 1 if len(f3.finetune_lrs) > 1 else 2              # 1 per rate searched, + the chosen rate's 2nd
+    assert ft["full_steps"] == epochs * -(-full.rooms_train * full.views_per_room // f3.finetune_config().batch_size)
     assert rows["pool:render"]["full_steps"] == PoolConfig.from_preset("full").rooms * PoolConfig.from_preset("full").views_per_room
     # FLOPs: a ViT forward is at least 2 · (its linear-layer parameters) · tokens; the probe row is one 224² view
     tokens = (full.height // tcfg.patch_size) * (full.width // tcfg.patch_size)

@@ -50,6 +50,7 @@ def fit3d(tmp_path_factory):
     update_ledger(tmp/"runs"/"claims.json", "probes", [claim_row(PRECONDITION, "test mIoU", "teacher", "random-init ViT",
                                                                  [0.50, 0.60], [0.55, 0.55], stage="probes")])
     run_pipeline(tmp, out)
+    (tmp/"first_metrics.json").write_bytes((out/"metrics.json").read_bytes())   # later tests rerun into `out`; the pins are this run's
     return tmp, root, out
 
 
@@ -145,13 +146,43 @@ def test_one_epoch_is_the_first_epoch_of_two(fit3d):
                        dict(rgb=r["rgb"].permute(0, 2, 3, 1), K=r["K"], viewmat=r["viewmats"])))
     teacher = load_encoder(tmp/"runs"/"teacher"/"teacher.safetensors")
     threads = torch.get_num_threads(); torch.set_num_threads(1)          # as the pipeline ran (threads=1): same float sums
-    try: student = finetune(trainable_copy(teacher), scenes, FinetuneConfig.from_preset("tiny", epochs=1))
+    lr = json.loads((out/"metrics.json").read_text())["finetune"]["lr_search"]["lr"]      # the rate chosen on val
+    try: student = finetune(trainable_copy(teacher), scenes, FinetuneConfig.from_preset("tiny", epochs=1, lr=lr))
     finally: torch.set_num_threads(threads)
     saved = load_encoder(out/"finetuned_1ep.safetensors")
     ref = saved.model.state_dict()
     for k, v in student.model.state_dict().items(): torch.testing.assert_close(v, ref[k], rtol=0, atol=1e-6, msg=k)
+    searched = load_encoder(out/"lr_search"/f"lr{lr:g}"/"finetuned_1ep.safetensors").model.state_dict()   # the search's 1-epoch run
+    for k, v in searched.items(): torch.testing.assert_close(v, ref[k], rtol=0, atol=1e-6, msg=k)
     two = load_encoder(out/"finetuned_2ep.safetensors").model.state_dict()
     assert any(not torch.equal(two[k], ref[k]) for k in ref)             # and epoch 2 did move the weights
+
+
+def test_finetuning_rate_is_chosen_on_val(fit3d):
+    """Every rate of the preset's `finetune_lrs` was fine-tuned one epoch and scored on val; the 2-epoch run uses the best one
+    (its spec records it), and a val probe refitted on the cached features of one candidate gives the recorded score."""
+    from condense_nb.fit3d import Fit3DConfig
+    from condense_nb.probes import run_probes
+    from condense_nb.probe_stage import room_views
+    from condense_nb.scenes import CLASSES
+    from condense_nb.features import load_features
+    tmp, root, out = fit3d
+    m = json.loads((out/"metrics.json").read_text())
+    sel, rates = m["finetune"]["lr_search"], Fit3DConfig.from_preset("tiny", **OVERRIDES).finetune_lrs
+    assert len(rates) >= 2 and sorted(sel["val_mIoU"]) == sorted(f"{r:g}" for r in rates)
+    assert sel["val_mIoU"][f"{sel['lr']:g}"] == max(sel["val_mIoU"].values())
+    assert json.loads((out/"finetune"/"spec.json").read_text())["config"]["lr"] == sel["lr"] == m["finetune"]["config"]["lr"]
+    for r in rates: assert (out/"lr_search"/f"lr{r:g}"/"finetuned_1ep.safetensors").is_file()
+    r = rates[0]
+    cfg = Fit3DConfig.from_preset("tiny", **OVERRIDES)
+    views = {s: room_views(root, s, cfg.view_stride)[:3] for s in ("train", "val")}
+    feats = {s: torch.cat([load_features(out/"features"/f"teacher_{s}.safetensors")[0],
+                           load_features(out/"features"/f"ft1_lr{r:g}_{s}.safetensors")[0]], 1) for s in ("train", "val")}
+    threads = torch.get_num_threads(); torch.set_num_threads(1)
+    try: res = run_probes(None, dict(views, test=views["val"]), len(CLASSES), seeds=cfg.seeds, features=dict(feats, test=feats["val"]),
+                          depth=False, seg_kwargs=dict(epochs=cfg.epochs, lrs=cfg.lrs))
+    finally: torch.set_num_threads(threads)
+    assert math.isclose(res["seg"]["mean"]["mIoU"], sel["val_mIoU"][f"{r:g}"], rel_tol=1e-6)
 
 
 def test_torchrun_shards_and_rerun_resumes(fit3d):
@@ -193,7 +224,7 @@ def test_stale_gaussians_are_refused(fit3d):
 def test_pinned_metrics(fit3d):
     "Every number pipeline 20 writes at `tiny` (with this file's overrides) equals the pinned value (tests/pinning.py)."
     from pinning import check_pinned
-    check_pinned("pipeline_fit3d", json.loads((fit3d[2]/"metrics.json").read_text()))
+    check_pinned("pipeline_fit3d", json.loads((fit3d[0]/"first_metrics.json").read_text()))   # in any test order
 
 
 def _rank_pids(parent: int) -> dict:
