@@ -54,6 +54,7 @@ class CondenseConfig:
     warmup: int = 4                      # steps with the 2D side fixed
     sweep_steps: int = 10                # steps of each fidelity-weight candidate (capped at `steps`)
     pool_rooms: int = 0                  # unlabelled pool rooms (08_pool) joint training adds to the train rooms (0: none)
+    center_views: bool = False           # 2D tokens lose their view's mean token before standardising (`fit_standardizer`)
     lam_fids: tuple = (0.3, 3.0)         # fidelity-weight candidates, chosen on val
     lam_fid: float = 1.0                 # the weight used when there is no sweep
     lam_kp: float = 0.5                  # key-point loss weight
@@ -114,7 +115,8 @@ class CondenseConfig:
         return dict(input_types=("rgbd",), width=self.width, out_dim=self.out_dim, widths=tuple(self.widths))
 
 PRESETS = dict(
-    tiny=dict(render_norm="premultiplied", res=(8, 16, 16), width=8, out_dim=16, widths=(8, 16), steps=24, warmup=4, sweep_steps=10, pool_rooms=8, lam_fids=(0.3, 3.0),
+    tiny=dict(render_norm="premultiplied", res=(8, 16, 16), width=8, out_dim=16, widths=(8, 16), steps=24, warmup=4, sweep_steps=10, pool_rooms=8,
+              center_views=True, lam_fids=(0.3, 3.0),
               lam_fid=1.0, lam_kp=0.5, views_per_step=2, n_samples=32, sigma=10.0, lr3d=3e-3, lr2d=3e-5, ckpt_every=8,
               kp3d=32, kp2d=16, seg_steps=24, seg_eval_every=8, seg_lr=3e-3, seg_head_warmup=4, seg_backbone_lr_mult=0.1,
               label_fracs=(0.1, 1.0), n_queries=2,
@@ -164,11 +166,14 @@ def load_pool_rooms(data_root, data_preset: str, teacher: nn.Module, cfg: Conden
     return [dict(prepare_views(r["rgb"], r["depth"], r["K"], r["viewmats"], make_room(r["seed"]).meta, teacher, tuple(cfg.res), cfg.sigma),
                  scene_id=f"pool_{r['seed']}", seed=r["seed"], split="pool", index=i) for i, r in enumerate(pool_rooms(root, cfg.pool_rooms))]
 
-def fit_standardizer(maps: list) -> Callable[[Tensor], Tensor]:  # maps: list of [n, C, h, w]
-    "Per-channel standardisation [n, C, h, w] -> [n, C, h, w] with the (fixed) mean and std of every token of `maps`."
-    T = torch.cat(maps).transpose(0, 1).flatten(1)                                                  # [C, N*h*w]
+def fit_standardizer(maps: list, center_views: bool = False) -> Callable[[Tensor], Tensor]:  # maps: list of [n, C, h, w]
+    """Per-channel standardisation [n, C, h, w] -> [n, C, h, w] with the (fixed) mean and std of every token of `maps`.
+    `center_views`: each view first loses its own mean token (when fitting and when applied), so nothing of a view's
+    overall code is left to learn, only what tells its surfaces apart."""
+    center = (lambda t: t - t.mean((2, 3), keepdim=True)) if center_views else (lambda t: t)
+    T = torch.cat([center(m) for m in maps]).transpose(0, 1).flatten(1)                             # [C, N*h*w]
     mu, sd = T.mean(1), T.std(1).clamp_min(1e-6)
-    return lambda t: (t - mu[:, None, None]) / sd[:, None, None]
+    return lambda t: (center(t) - mu[:, None, None]) / sd[:, None, None]
 
 # %% ../nbs/45_condense.ipynb #ffdf76b2
 def build_models(teacher: nn.Module, cfg: CondenseConfig, seed: int = 0) -> dict[str, nn.Module]:
@@ -414,7 +419,9 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
     # every room of every split once: views, fused grid, labels, standardised teacher tokens
     t0 = time.time()
     R = {s: load_rooms(root, s, teacher, cfg) for s in ("train", "val", "test", "test_dup")}
-    standardize = fit_standardizer([r["teacher"] for r in R["train"]])
+    standardize = fit_standardizer([r["teacher"] for r in R["train"]], cfg.center_views)          # the tokens every loss reads
+    standardize_plain = fit_standardizer([r["teacher"] for r in R["train"]])                       # the mean-token baseline's
+    mean_token = {s: [standardize_plain(r["teacher"]).mean((0, 2, 3)) for r in rooms] for s, rooms in R.items()}
     for rooms in R.values():
         for r in rooms: r["teacher"] = standardize(r["teacher"])
     timings["load_s"] = round(time.time() - t0, 1)
@@ -428,7 +435,7 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
     # joint training on train (+ pool) rooms, the fidelity weight chosen on val
     t0 = time.time()
     joint = Joint(R["train"] + P, standardize, dcfg.width, dcfg.height, PATCH)
-    tag = f"_pool{len(P)}" if P else ""                                     # the caches of joint training on other rooms are other files
+    tag = (f"_pool{len(P)}" if P else "") + ("_centered" if cfg.center_views else "")   # other rooms or targets: other cache files
     models, history, lam_fid, sweep_res = pretrain(teacher, joint, R["val"], cfg, out, sweep=cfg.sweep, log=say, tag=tag)
     n_pool, joint = len(P), joint._replace(rooms=R["train"])              # the pool rooms' memory goes: nothing after this reads them
     del P
@@ -500,7 +507,7 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
     timings["probes_s"] = round(time.time() - t0, 1)
     # condensed scenes and the two repositories
     cond = {s: condense_rooms(models, R[s], cfg.kp3d) for s in R}
-    base = {s: [r["teacher"].mean((0, 2, 3)) for r in R[s]] for s in R}                       # mean-pooled (standardised) teacher per scene
+    base = mean_token                                                                         # mean-pooled (standardised) teacher per scene
     repos = {k: scene_repository(R, cond, base, ["test"], k) for k in ("condense", "baseline")}
     # (c) image -> scene from novel views; the query mode chosen on val
     t0 = time.time()
@@ -514,7 +521,7 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
     for seed in seeds:
         imgs, tgt = novel_views(R["test"], "test", seed, cfg.n_queries, dcfg.width, dcfg.height, dcfg.shadows)
         qd = query_descriptors(models, standardize, imgs, query_modes[query_mode])[0]
-        qb = standardize(extract_features(teacher, imgs)).mean((2, 3))                               # [N, C2]
+        qb = standardize_plain(extract_features(teacher, imgs)).mean((2, 3))                         # [N, C2]
         ranks = {"condense": [match_image(q, repos["condense"]) for q in qd], "baseline": [match_image(q[None], repos["baseline"]) for q in qb]}
         for k, rk in ranks.items():
             img_res[k]["top1"].append(topk_accuracy(rk, tgt, 1)); img_res[k]["top5"].append(topk_accuracy(rk, tgt, 5))
