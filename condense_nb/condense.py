@@ -38,8 +38,9 @@ from .pool import PoolConfig, build_pool, pool_rooms
 # %% auto #0
 __all__ = ['PRESETS', 'CondenseConfig', 'prepare_views', 'prepare_room', 'load_rooms', 'load_pool_rooms', 'fit_standardizer',
            'build_models', 'make_optimizer', 'Joint', 'train_step', 'train_joint', 'val_corr_acc', 'pretrain',
-           'seg3d_eval', 'finetune_seg3d', 'oracle_tokens', 'condense_rooms', 'query_descriptors', 'scene_repository',
-           'novel_views', 'caption_variants', 'seed_std_verdict', 'standing', 'run']
+           'seg3d_eval', 'finetune_seg3d', 'between_group_share', 'room_code', 'oracle_tokens', 'condense_rooms',
+           'query_descriptors', 'scene_repository', 'novel_views', 'caption_variants', 'seed_std_verdict', 'standing',
+           'run']
 
 # %% ../nbs/45_condense.ipynb #1d803ca6
 @dataclass
@@ -322,6 +323,24 @@ def finetune_seg3d(backbone: nn.Module | None, train_rooms: list, val_rooms: lis
     return dict(seed=seed, frozen=frozen, backbone_lr_mult=mult, best_step=best[1], val_mIoU=best[0], val_curve=curve, lrs=lrs,
                 test=seg3d_eval(enc, seg, test_rooms, n_classes, per_room=True))
 
+# %% ../nbs/45_condense.ipynb #a1c0de02
+def between_group_share(groups: list) -> float:  # groups: list of [n_g, C] rows
+    "The share of the pooled rows' variance (summed over channels) that lies between the groups' means."
+    X = torch.cat(groups).double(); mu = X.mean(0)
+    between = sum(len(x) * ((x.double().mean(0) - mu) ** 2).sum() for x in groups)
+    return float(between / ((X - mu) ** 2).sum().clamp_min(1e-12))
+
+def room_code(rooms: list, enc3d: nn.Module | None = None, tokens: list | None = None) -> dict:
+    """`between_group_share` of the teacher tokens (`tokens`: one [V, C2, h, w] map per room; default each room's
+    "teacher") grouped by view and by room, and, with `enc3d`, of its features of each room's occupied voxels grouped by room."""
+    maps = tokens if tokens is not None else [r["teacher"] for r in rooms]
+    rows = lambda t: t.permute(0, 2, 3, 1).reshape(len(t), -1, t.shape[1])                     # [V, h*w, C2]
+    out = dict(tokens_between_views=between_group_share([v for t in maps for v in rows(t)]),
+               tokens_between_rooms=between_group_share([rows(t).flatten(0, 1) for t in maps]))
+    if enc3d is not None:
+        with torch.no_grad(): out["voxels_between_rooms"] = between_group_share([enc3d(r["grid"], "rgbd")[:, r["occ"] > 0.5].T for r in rooms])
+    return out
+
 # %% ../nbs/45_condense.ipynb #6d861d7d
 def oracle_tokens(sem: Tensor, A: Tensor, patch: int) -> Tensor:  # sem [V, H, W] class ids (-1: none), A [C2, K] -> [V, C2, h, w]
     "Ground-truth class fractions of each patch, mapped to the teacher's width by the fixed matrix `A`."
@@ -422,6 +441,7 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
     standardize = fit_standardizer([r["teacher"] for r in R["train"]], cfg.center_views)          # the tokens every loss reads
     standardize_plain = fit_standardizer([r["teacher"] for r in R["train"]])                       # the mean-token baseline's
     mean_token = {s: [standardize_plain(r["teacher"]).mean((0, 2, 3)) for r in rooms] for s, rooms in R.items()}
+    code_tokens = room_code(R["train"], tokens=[standardize_plain(r["teacher"]) for r in R["train"]])   # before any centring
     for rooms in R.values():
         for r in rooms: r["teacher"] = standardize(r["teacher"])
     timings["load_s"] = round(time.time() - t0, 1)
@@ -438,6 +458,9 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
     tag = (f"_pool{len(P)}" if P else "") + ("_centered" if cfg.center_views else "")   # other rooms or targets: other cache files
     models, history, lam_fid, sweep_res = pretrain(teacher, joint, R["val"], cfg, out, sweep=cfg.sweep, log=say, tag=tag)
     n_pool, joint = len(P), joint._replace(rooms=R["train"])              # the pool rooms' memory goes: nothing after this reads them
+    with torch.random.fork_rng():                                        # the pre-training's starting point, the global RNG untouched
+        start = build_models(teacher, cfg, 0)["enc3d"].eval()
+    code_voxels = {name: room_code(R["train"], enc)["voxels_between_rooms"] for name, enc in (("pretrained", models["enc3d"]), ("random init", start))}
     del P
     timings["pretrain_s"] = round(time.time() - t0, 1)
     enc_kw = cfg.encoder_kwargs()
@@ -606,6 +629,7 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
                    probes_positional={n: {k: v for k, v in probes_pos[n].items() if k in ("seg", "depth")} for n in encoders2d},
                    consistency=consistency, image_to_scene=img_res, image_to_scene_per_room=img_hits, n_image_queries_per_seed=len(query_cache[seeds[0]][1]),
                    query_mode=query_mode, query_modes=query_modes, val_query_top1=val_top1, duplicates=duplicates, text_to_scene=txt_res,
+                   room_code=dict(code_tokens, voxels_between_rooms=code_voxels),
                    n_test_scenes=len(R["test"]), n_train_rooms=len(R["train"]), n_pool_rooms=n_pool, n_oracle_rooms=len(R["train"]), done_when={k: bool(v) for k, v in done_when.items()}, claims=claims, timings=dict(timings, total_s=round(time.time() - t_start, 1)))
     save_json(out / "metrics.json", metrics)
     return metrics
