@@ -53,7 +53,7 @@ class Fit3DConfig:
         if "epochs" in self.finetune: raise ValueError("finetune: epochs is fixed at 2 (the 1- and 2-epoch models); leave it out")
         if self.finetune_lrs and "lr" in self.finetune: raise ValueError("finetune: lr is chosen from finetune_lrs; leave it out of one of them")
         for lr in self.finetune_lrs:
-            if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0): raise ValueError(f"finetune_lrs: {lr!r} is not a positive learning rate")
+            if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0): raise ValueError(f"finetune_lrs: {lr!r} is not a positive learning rate")
         self.lift_config(); self.finetune_config()                          # their own checks, now rather than mid-run
 
     def lift_config(self) -> LiftConfig: return LiftConfig.from_preset(self.preset, **self.lift)
@@ -150,7 +150,9 @@ def _scenes(s1: dict, dev) -> list:
     "Stage 2's training scenes: (Gaussians, views) of every lifted room."
     return [(s1["gaussians"][sid], lift_views(s1["rooms"], sid, device=dev)) for sid in s1["scene_ids"]]
 
-def lr_search_dir(out: Path, lr: float) -> Path: return out / "lr_search" / f"lr{lr:g}"
+def lr_search_dir(out: Path, lr: float) -> Path:
+    "The folder of the learning-rate search's 1-epoch run at `lr` (`choose_finetune_lr`)."
+    return out / "lr_search" / f"lr{lr:g}"
 
 def stage2(cfg: Fit3DConfig, s1: dict, teacher: DenseEncoder, out: Path, dev, lr: float | None = None) -> dict:
     """Fine-tune a copy of `teacher` on the renders of the lifted rooms for 2 epochs at `lr` (None: the config's; resumable):
