@@ -324,19 +324,22 @@ def finetune_seg3d(backbone: nn.Module | None, train_rooms: list, val_rooms: lis
                 test=seg3d_eval(enc, seg, test_rooms, n_classes, per_room=True))
 
 # %% ../nbs/45_condense.ipynb #a1c0de02
-def between_group_share(groups: list) -> float:  # groups: list of [n_g, C] rows
-    "The share of the pooled rows' variance (summed over channels) that lies between the groups' means."
-    X = torch.cat(groups).double(); mu = X.mean(0)
-    between = sum(len(x) * ((x.double().mean(0) - mu) ** 2).sum() for x in groups)
-    return float(between / ((X - mu) ** 2).sum().clamp_min(1e-12))
+def between_group_share(groups) -> float:  # groups: an iterable of [n_g, C] rows
+    "The share of the pooled rows' variance (summed over channels) that lies between the groups' means: one pass of float64 sums, nothing pooled in memory."
+    n, total, squares, between = 0, 0.0, 0.0, 0.0
+    for x in groups:
+        x = x.double(); s = x.sum(0)
+        n, total, squares, between = n + len(x), total + s, squares + float((x ** 2).sum()), between + float((s ** 2).sum()) / len(x)
+    pooled = float((total ** 2).sum()) / n                                          # n ‖μ‖²
+    return (between - pooled) / max(squares - pooled, 1e-12)                      # Σ n_g ‖μ_g − μ‖² / Σ ‖x − μ‖²
 
-def room_code(rooms: list, enc3d: nn.Module | None = None, tokens: list | None = None) -> dict:
-    """`between_group_share` of the teacher tokens (`tokens`: one [V, C2, h, w] map per room; default each room's
-    "teacher") grouped by view and by room, and, with `enc3d`, of its features of each room's occupied voxels grouped by room."""
-    maps = tokens if tokens is not None else [r["teacher"] for r in rooms]
+def room_code(rooms: list, enc3d: nn.Module | None = None, transform: Callable | None = None) -> dict:
+    """`between_group_share` of each room's "teacher" tokens [V, C2, h, w] (through `transform` first, e.g. a standardiser)
+    grouped by view and by room, and, with `enc3d`, of its features of each room's occupied voxels grouped by room."""
+    tokens = lambda r: transform(r["teacher"]) if transform is not None else r["teacher"]
     rows = lambda t: t.permute(0, 2, 3, 1).reshape(len(t), -1, t.shape[1])                     # [V, h*w, C2]
-    out = dict(tokens_between_views=between_group_share([v for t in maps for v in rows(t)]),
-               tokens_between_rooms=between_group_share([rows(t).flatten(0, 1) for t in maps]))
+    out = dict(tokens_between_views=between_group_share(v for r in rooms for v in rows(tokens(r))),
+               tokens_between_rooms=between_group_share(rows(tokens(r)).flatten(0, 1) for r in rooms))
     if enc3d is not None:
         with torch.no_grad(): out["voxels_between_rooms"] = between_group_share([enc3d(r["grid"], "rgbd")[:, r["occ"] > 0.5].T for r in rooms])
     return out
@@ -439,9 +442,9 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
     t0 = time.time()
     R = {s: load_rooms(root, s, teacher, cfg) for s in ("train", "val", "test", "test_dup")}
     standardize = fit_standardizer([r["teacher"] for r in R["train"]], cfg.center_views)          # the tokens every loss reads
-    standardize_plain = fit_standardizer([r["teacher"] for r in R["train"]])                       # the mean-token baseline's
+    standardize_plain = fit_standardizer([r["teacher"] for r in R["train"]]) if cfg.center_views else standardize   # the mean-token baseline's
     mean_token = {s: [standardize_plain(r["teacher"]).mean((0, 2, 3)) for r in rooms] for s, rooms in R.items()}
-    code_tokens = room_code(R["train"], tokens=[standardize_plain(r["teacher"]) for r in R["train"]])   # before any centring
+    code_tokens = room_code(R["train"], transform=standardize_plain)                               # before any centring
     for rooms in R.values():
         for r in rooms: r["teacher"] = standardize(r["teacher"])
     timings["load_s"] = round(time.time() - t0, 1)

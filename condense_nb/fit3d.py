@@ -154,10 +154,10 @@ def lr_search_dir(out: Path, lr: float) -> Path:
     "The folder of the learning-rate search's 1-epoch run at `lr` (`choose_finetune_lr`)."
     return out / "lr_search" / f"lr{lr:g}"
 
-def stage2(cfg: Fit3DConfig, s1: dict, teacher: DenseEncoder, out: Path, dev, lr: float | None = None) -> dict:
+def stage2(cfg: Fit3DConfig, s1: dict, teacher: DenseEncoder, out: Path, dev, lr: float | None = None, scenes: list | None = None) -> dict:
     """Fine-tune a copy of `teacher` on the renders of the lifted rooms for 2 epochs at `lr` (None: the config's; resumable):
     the 1- and 2-epoch encoders, the loss per step, timings. A finished 1-epoch run of the learning-rate search at `lr`
-    (`lr_search_dir`) is the first epoch: its checkpoint and model are copied, not retrained."""
+    (`lr_search_dir`) is the first epoch: its checkpoint and model are copied, not retrained. `scenes`: `_scenes(s1, dev)`, if already read."""
     fcfg, teacher_sha = cfg.finetune_config(), tensors_sha(teacher.model)
     if lr is not None: fcfg = replace(fcfg, lr=lr)
     fdir = out / "finetune"
@@ -171,7 +171,7 @@ def stage2(cfg: Fit3DConfig, s1: dict, teacher: DenseEncoder, out: Path, dev, lr
             atomic_write_bytes(ep1_path.with_suffix(suffix), (searched / "finetuned_1ep").with_suffix(suffix).read_bytes())
         atomic_write_bytes(ck / latest["checkpoint"], (searched / "ckpt" / latest["checkpoint"]).read_bytes())
         save_json(ck / "latest.json", latest)
-    scenes = _scenes(s1, dev)
+    scenes = scenes if scenes is not None else _scenes(s1, dev)
     n_samples = sum(len(v["rgb"]) for _, v in scenes)
     B = fcfg.batch_size; spe = math.ceil(n_samples / B); total = spe * fcfg.epochs
     batch_images = lambda s: min(B, n_samples - (s % spe) * B)             # images in step s (0-based): the last batch may be short
@@ -193,20 +193,22 @@ def stage2(cfg: Fit3DConfig, s1: dict, teacher: DenseEncoder, out: Path, dev, lr
                 images_per_s=timing["images"] / timing["seconds"] if timing["seconds"] > 0 else float("nan"))
 
 # %% ../nbs/23_fit3d.ipynb #c4f1e2a7
-def choose_finetune_lr(cfg: Fit3DConfig, s1: dict, teacher: DenseEncoder, splits: dict, out: Path, dev, say=lambda *a: None) -> dict:
+def choose_finetune_lr(cfg: Fit3DConfig, s1: dict, teacher: DenseEncoder, splits: dict, out: Path, dev, say=lambda *a: None,
+                       scenes: list | None = None) -> dict:
     """Stage 2's learning rate, chosen on val: one epoch of fine-tuning at each of `cfg.finetune_lrs` (resumable, in
     `out/lr_search/lr{rate}/`), then the concat probe (teacher ⊕ 1-epoch model, segmentation, `cfg.seeds`) fitted on train and
     scored on val; the highest mean val mIoU wins.
 
     Args:
         splits: the probe splits {train, val, ...: (images [N, 3, H, W], labels, depth)}; the test split is not read.
+        scenes: Stage 2's training scenes (`_scenes(s1, dev)`), if already read.
     Returns:
         dict(lr=the chosen rate, val_mIoU={rate: mean val mIoU}, seconds); with fewer than two rates, the one rate (or the
         config's) and no fine-tuning or probes."""
     lrs = [float(x) for x in cfg.finetune_lrs] or [cfg.finetune_config().lr]
     if len(lrs) == 1: return dict(lr=lrs[0], val_mIoU={}, seconds=0.0)
     t0, fcfg, teacher_sha = time.time(), cfg.finetune_config(), tensors_sha(teacher.model)
-    scenes, fdir = _scenes(s1, dev), out / "features"; fdir.mkdir(exist_ok=True)
+    scenes, fdir = scenes if scenes is not None else _scenes(s1, dev), out / "features"; fdir.mkdir(exist_ok=True)
     steps_per_epoch = math.ceil(sum(len(v["rgb"]) for _, v in scenes) / fcfg.batch_size)
     features = lambda name, enc: {s: cached_features(enc, splits[s][0], fdir / f"{name}_{s}.safetensors", key=f"{name}:{tensors_sha(enc.model)}",
                                                      device=dev) for s in ("train", "val")}
@@ -312,8 +314,10 @@ def _run(cfg, data_root, out, teacher, teacher_src, teacher_path, data_preset, l
     hists = s1["hists"]
     final = lambda k: float(np.mean([np.mean(h[k][-max(1, len(h[k]) // 10):]) for h in hists.values()]))
     say(f"Stage 1: {len(s1['scene_ids'])} rooms, {len(s1['lifted_now'])} lifted now ({s1['seconds']:.0f} s); final PSNR {final('psnr'):.1f} dB")
-    sel = choose_finetune_lr(cfg, s1, teacher, splits, out, dev, say)
-    s2 = stage2(cfg, s1, teacher, out, dev, lr=sel["lr"])
+    scenes = _scenes(s1, dev)                                               # every lifted room's views, read once for Stage 2
+    sel = choose_finetune_lr(cfg, s1, teacher, splits, out, dev, say, scenes=scenes)
+    s2 = stage2(cfg, s1, teacher, out, dev, lr=sel["lr"], scenes=scenes)
+    del scenes
     ft1, ft2, losses, spe = s2["ft1"], s2["ft2"], s2["losses"], s2["steps_per_epoch"]
     k_ = max(1, spe // 4)
     say(f"Stage 2: {s2['n_samples']} images, {spe} steps per epoch, steps {s2['step0']}->{s2['steps']} in this run, {s2['images_per_s']:.1f} images/s")
