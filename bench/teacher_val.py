@@ -10,16 +10,18 @@ from pathlib import Path
 import torch
 
 def teacher_from(path: Path):
+    "A teacher.safetensors, or a training run's checkpoint folder (the one holding latest.json): its EMA teacher."
     from condense_nb.encoders import load_encoder
     from condense_nb.teacher import TeacherConfig, DinoState, teacher_encoder
+    from condense_nb.core import load_checkpoint
     if path.suffix == ".safetensors": return load_encoder(path)
-    from condense_nb.core import load_json
-    import safetensors.torch as st
-    meta = load_json(path / "latest.json")
-    c = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()}
-    cfg = TeacherConfig(**c)
-    state = DinoState(cfg); state.load_state_dict(st.load_file(path / meta["weights"]))
-    enc = teacher_encoder(state, cfg); enc.step = meta["step"]
+    if not (path / "latest.json").exists() and (path / "ckpt" / "latest.json").exists(): path = path / "ckpt"   # the run folder itself
+    got = load_checkpoint(path)
+    if got is None: sys.exit(f"--teacher {path}: neither a .safetensors file nor a checkpoint folder (no latest.json)")
+    step, tensors, meta = got
+    cfg = TeacherConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
+    state = DinoState(cfg); state.load_state_dict(tensors)
+    enc = teacher_encoder(state, cfg); enc.step = step
     return enc
 
 def main(argv=None):

@@ -6,7 +6,7 @@ fine-tuning a 3D segmentation head on the pre-trained backbone."""
 
 # %% ../nbs/45_condense.ipynb #33689ba3
 from __future__ import annotations
-import copy, time
+import copy, math, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -32,15 +32,15 @@ from .queries import (SceneRepository, match_image, duplicate_scores, duplicate_
 from .claims import claim_row, update_ledger, ledger_precondition
 from .cameras import inroom_path
 from .scenes import CLASSES, render as rt_render
-from .rooms import make_room
-from .pool import PoolConfig, build_pool, pool_rooms
+from .rooms import make_room, caption, describe_object
+from .pool import PoolConfig, build_pool, pool_rooms, query_set
 
 # %% auto #0
-__all__ = ['PRESETS', 'CondenseConfig', 'prepare_views', 'prepare_room', 'load_rooms', 'load_pool_rooms', 'fit_standardizer',
-           'build_models', 'make_optimizer', 'Joint', 'train_step', 'train_joint', 'val_corr_acc', 'pretrain',
-           'seg3d_eval', 'finetune_seg3d', 'between_group_share', 'room_code', 'oracle_tokens', 'condense_rooms',
-           'query_descriptors', 'scene_repository', 'novel_views', 'caption_variants', 'seed_std_verdict', 'standing',
-           'run']
+__all__ = ['PRESETS', 'CondenseConfig', 'prepare_views', 'prepare_room', 'load_rooms', 'load_pool_rooms', 'load_query_rooms',
+           'fit_standardizer', 'build_models', 'make_optimizer', 'Joint', 'train_step', 'train_joint', 'val_corr_acc',
+           'pretrain', 'seg3d_eval', 'finetune_seg3d', 'between_group_share', 'room_code', 'oracle_tokens',
+           'condense_rooms', 'query_descriptors', 'scene_repository', 'novel_views', 'image_queries', 'text_queries',
+           'phrase_keypoints', 'caption_variants', 'seed_std_verdict', 'standing', 'run']
 
 # %% ../nbs/45_condense.ipynb #1d803ca6
 @dataclass
@@ -74,11 +74,13 @@ class CondenseConfig:
     seg_backbone_lr_mult: float = 0.1    # a pre-trained backbone's LR relative to seg_lr (scratch: 1)
     label_fracs: tuple = (0.1, 1.0)      # shares of the train rooms' labels (at least one room each)
     n_queries: int = 2                   # novel-view image queries per test room
+    query_rooms: int = 0                 # rooms searched in each condition of the preset's query set (08_pool, `query_set`; 0: none)
     probe_stride: int = 2                # linear probes of the 2D encoders
     probe_epochs: int = 4
     probe_lrs: tuple = (1e-1,)
     text_variants: int = 4               # text -> scene: caption variants per room, projection epochs
     text_epochs: int = 60
+    text_pool_rooms: int = 0             # unlabelled pool rooms whose captions also train the text projection (0: the train rooms only)
     consistency_pairs: int = 2           # view pairs per room of the consistency metric
     seeds: tuple = (0, 1, 2)             # downstream seeds (the pre-training is one run, seed 0)
     sweep: bool = True                   # choose the fidelity weight on val (False: use lam_fid)
@@ -94,7 +96,7 @@ class CondenseConfig:
                   "consistency_pairs", "sweep_steps"):
             check_int(getattr(self, f), f"CondenseConfig.{f}")
         check_int(self.warmup, "CondenseConfig.warmup", 0)
-        check_int(self.pool_rooms, "CondenseConfig.pool_rooms", 0)
+        for f in ("pool_rooms", "query_rooms", "text_pool_rooms"): check_int(getattr(self, f), f"CondenseConfig.{f}", 0)
         check_int(self.seg_head_warmup, "CondenseConfig.seg_head_warmup", 0, self.seg_steps)
         check_number(self.seg_backbone_lr_mult, "CondenseConfig.seg_backbone_lr_mult", 0, 1, lo_open=True)
         for f in ("sigma", "lr3d", "lr2d", "seg_lr"): check_number(getattr(self, f), f"CondenseConfig.{f}", 0, lo_open=True)
@@ -120,18 +122,18 @@ PRESETS = dict(
               center_views=True, lam_fids=(0.3, 3.0),
               lam_fid=1.0, lam_kp=0.5, views_per_step=2, n_samples=32, sigma=10.0, lr3d=3e-3, lr2d=3e-5, ckpt_every=8,
               kp3d=32, kp2d=16, seg_steps=24, seg_eval_every=8, seg_lr=3e-3, seg_head_warmup=4, seg_backbone_lr_mult=0.1,
-              label_fracs=(0.1, 1.0), n_queries=2,
+              label_fracs=(0.1, 1.0), n_queries=2, query_rooms=6, text_pool_rooms=8,
               probe_stride=2, probe_epochs=4, probe_lrs=(1e-1,), text_variants=4, text_epochs=60, consistency_pairs=2),
     small=dict(render_norm="premultiplied", res=(12, 24, 24), width=16, out_dim=32, widths=(16, 32, 64), steps=1200, warmup=100, sweep_steps=300, pool_rooms=0,
                lam_fids=(0.1, 0.3, 1.0, 3.0), lam_fid=1.0, lam_kp=0.5, views_per_step=4, n_samples=48, sigma=20.0, lr3d=1e-3,
                lr2d=3e-5, ckpt_every=50, kp3d=128, kp2d=32, seg_steps=1200, seg_eval_every=100, seg_lr=1e-3, seg_head_warmup=100,
-               seg_backbone_lr_mult=0.1, label_fracs=(0.01, 0.1, 1.0), n_queries=4, probe_stride=2, probe_epochs=20, probe_lrs=(3e-3, 3e-2),
-               text_variants=8, text_epochs=300, consistency_pairs=4),
+               seg_backbone_lr_mult=0.1, label_fracs=(0.01, 0.1, 1.0), n_queries=4, query_rooms=120, probe_stride=2, probe_epochs=20, probe_lrs=(3e-3, 3e-2),
+               text_variants=8, text_epochs=300, text_pool_rooms=400, consistency_pairs=4),
     full=dict(render_norm="premultiplied", res=(32, 64, 64), width=32, out_dim=64, widths=(32, 64, 128, 256), steps=20000, warmup=1000, sweep_steps=2000, pool_rooms=2000,
               lam_fids=(0.1, 0.3, 1.0, 3.0), lam_fid=1.0, lam_kp=0.5, views_per_step=8, n_samples=96, sigma=40.0, lr3d=1e-3,
               lr2d=1e-5, ckpt_every=500, kp3d=256, kp2d=64, seg_steps=6000, seg_eval_every=250, seg_lr=1e-3, seg_head_warmup=500,
-              seg_backbone_lr_mult=0.1, label_fracs=(0.01, 0.1, 1.0), n_queries=8, probe_stride=1, probe_epochs=30, probe_lrs=(1e-3, 1e-2, 1e-1),
-              text_variants=16, text_epochs=500, consistency_pairs=4),
+              seg_backbone_lr_mult=0.1, label_fracs=(0.01, 0.1, 1.0), n_queries=8, query_rooms=500, probe_stride=1, probe_epochs=30, probe_lrs=(1e-3, 1e-2, 1e-1),
+              text_variants=16, text_epochs=500, text_pool_rooms=2000, consistency_pairs=4),
 )
 
 # %% ../nbs/45_condense.ipynb #d105bc0c
@@ -156,16 +158,30 @@ def load_rooms(root, split: str, teacher: nn.Module, cfg: CondenseConfig) -> lis
     ds = RoomScenes(root, split)
     return [dict(prepare_room(ds[i], teacher, tuple(cfg.res), cfg.sigma), split=split, index=i, ds=ds) for i in range(len(ds))]
 
-def load_pool_rooms(data_root, data_preset: str, teacher: nn.Module, cfg: CondenseConfig) -> list[dict]:
-    "The first `cfg.pool_rooms` rooms of preset `data_preset`'s unlabelled pool under `data_root` (their shards built if missing), prepared (`prepare_views`)."
-    pcfg, dcfg = PoolConfig.from_preset(data_preset), resolve_config(data_preset)
+def _prepared_pool(pcfg: PoolConfig, data_root, n: int, field: str, data_preset: str, teacher: nn.Module, cfg: CondenseConfig,
+                   split: str) -> list[dict]:
+    "The first `n` rooms of the pool `pcfg` under `data_root` (their shards built if missing), prepared, each with its scene and caption."
+    dcfg = resolve_config(data_preset)
     if (pcfg.width, pcfg.height) != (dcfg.width, dcfg.height):
-        raise ValueError(f"pool_rooms: the {data_preset} pool's views are {pcfg.width}×{pcfg.height}, the dataset's {dcfg.width}×{dcfg.height}; "
-                         "joint training renders one size")
-    if cfg.pool_rooms > pcfg.rooms: raise ValueError(f"CondenseConfig.pool_rooms: the {data_preset} pool has {pcfg.rooms} rooms, asked for {cfg.pool_rooms}")
-    root = build_pool(pcfg, data_root, progress=False, max_rooms=cfg.pool_rooms)
-    return [dict(prepare_views(r["rgb"], r["depth"], r["K"], r["viewmats"], make_room(r["seed"]).meta, teacher, tuple(cfg.res), cfg.sigma),
-                 scene_id=f"pool_{r['seed']}", seed=r["seed"], split="pool", index=i) for i, r in enumerate(pool_rooms(root, cfg.pool_rooms))]
+        raise ValueError(f"{field}: the {pcfg.name} views are {pcfg.width}×{pcfg.height}, the dataset's {dcfg.width}×{dcfg.height}; "
+                         "joint training and the queries render one size")
+    if n > pcfg.rooms: raise ValueError(f"CondenseConfig.{field}: {pcfg.name} has {pcfg.rooms} rooms, asked for {n}")
+    root, found = build_pool(pcfg, data_root, progress=False, max_rooms=n), []
+    for i, r in enumerate(pool_rooms(root, n)):
+        scene = make_room(r["seed"], shell_seed=pcfg.shell_seed)
+        found.append(dict(prepare_views(r["rgb"], r["depth"], r["K"], r["viewmats"], scene.meta, teacher, tuple(cfg.res), cfg.sigma),
+                          scene_id=f"{split}_{i:04d}", seed=r["seed"], split=split, index=i, scene=scene, meta=scene.meta, caption=caption(scene)))
+    return found
+
+def load_pool_rooms(data_root, data_preset: str, teacher: nn.Module, cfg: CondenseConfig, n: int | None = None) -> list[dict]:
+    "The first `n` (default `cfg.pool_rooms`) rooms of preset `data_preset`'s unlabelled pool under `data_root`, prepared (`prepare_views`), with scene and caption."
+    n, field = (cfg.pool_rooms, "pool_rooms") if n is None else (n, "text_pool_rooms")
+    return _prepared_pool(PoolConfig.from_preset(data_preset), data_root, n, field, data_preset, teacher, cfg, "pool")
+
+def load_query_rooms(data_root, data_preset: str, teacher: nn.Module, cfg: CondenseConfig, shared: bool = False) -> list[dict]:
+    """The first `cfg.query_rooms` rooms of preset `data_preset`'s query set (`pool.query_set`; `shared=True`: the same rooms with
+    one floor and wall material, the hard condition), prepared (`prepare_views`), each with its scene and caption."""
+    return _prepared_pool(query_set(data_preset, shared), data_root, cfg.query_rooms, "query_rooms", data_preset, teacher, cfg, "query")
 
 def fit_standardizer(maps: list, center_views: bool = False) -> Callable[[Tensor], Tensor]:  # maps: list of [n, C, h, w]
     """Per-channel standardisation [n, C, h, w] -> [n, C, h, w] with the (fixed) mean and std of every token of `maps`.
@@ -381,15 +397,61 @@ def scene_repository(R: dict, cond: dict, base: dict, splits: list, kind: str) -
     return repo
 
 def novel_views(rooms: list, split: str, seed: int, n: int, width: int, height: int, shadows: bool) -> tuple[Tensor, list]:
-    "`n` new cameras per room on a fresh in-room path (lower eye height and margin than the dataset's), rendered by the ray caster: (images [N, 3, H, W], room index of each)."
+    """`n` new cameras per room on a fresh in-room path (lower eye height and margin than the dataset's), rendered by the ray caster:
+    (images [N, 3, H, W], room index of each). The cameras depend on `split`, `seed` and the room's position only, so the two
+    conditions of a query set see their rooms from the same places."""
     imgs, tgt = [], []
-    off = 7_000_000 if split == "test" else 8_000_000
+    off = {"test": 7_000_000, "val": 8_000_000, "query": 9_000_000}[split]
     for i, r in enumerate(rooms):
-        sc = r["ds"].scene(r["index"])
+        sc = r["scene"] if "scene" in r else r["ds"].scene(r["index"])
         for V in inroom_path(r["meta"]["size"], n, eye_height=1.2, margin=0.7, seed=off + 1000 * seed + i):
             o = rt_render(sc, r["K"][0], V, width, height, shadows=shadows)
             imgs.append(o["rgb"].permute(2, 0, 1).float().clamp(0, 1)); tgt.append(i)
     return torch.stack(imgs), tgt
+
+def image_queries(models: dict, teacher: nn.Module, standardize: Callable, standardize_plain: Callable, rooms: list, split: str,
+                  repos: dict, seeds, n: int, dcfg, top_k: int) -> tuple[dict, dict, dict]:
+    """Novel views of `rooms` (`novel_views`: `n` per room and seed) ranked against `repos` ({'condense', 'baseline'}, whose scenes
+    are `rooms` in order): ConDense's decorated 2D key points (`top_k`; 0: all tokens) and one mean teacher token per view.
+    Returns (top-1 and top-5 mean ± std over seeds per method, per-room hit rates [seeds][rooms] per method, {seed: (images, targets, rankings)})."""
+    res, hits, cache = {k: dict(top1=[], top5=[]) for k in repos}, {k: [] for k in repos}, {}
+    for seed in seeds:
+        imgs, tgt = novel_views(rooms, split, seed, n, dcfg.width, dcfg.height, dcfg.shadows)
+        qd = query_descriptors(models, standardize, imgs, top_k)[0]
+        qb = standardize_plain(extract_features(teacher, imgs)).mean((2, 3))                         # [N, C2]
+        ranks = {"condense": [match_image(q, repos["condense"]) for q in qd], "baseline": [match_image(q[None], repos["baseline"]) for q in qb]}
+        for k, rk in ranks.items():
+            res[k]["top1"].append(topk_accuracy(rk, tgt, 1)); res[k]["top5"].append(topk_accuracy(rk, tgt, 5))
+            hit = np.array([int(r_[0]) == t for r_, t in zip(rk, tgt)], float)
+            hits[k].append([float(hit[np.array(tgt) == i].mean()) for i in range(len(rooms))])
+        cache[seed] = (imgs, tgt, ranks)
+    return {k: {m: _mstd(v) for m, v in d.items()} for k, d in res.items()}, hits, cache
+
+def text_queries(text_emb: Tensor, repos: dict, projections: dict) -> tuple[dict, dict]:  # text_emb [S, T]: caption i describes scene i
+    """Each caption ranked against `repos` ({method: SceneRepository}) through that method's text projections ({method: one per
+    seed}): (R@1 and R@5 mean ± std over seeds per method, per-room hits [seeds][rooms] per method)."""
+    res, hits, tg = {}, {}, list(range(len(text_emb)))
+    for k, projs in projections.items():
+        r1, r5, h = [], [], []
+        for proj in projs:
+            rk = [match_text(t, repos[k], proj) for t in text_emb]
+            r1.append(topk_accuracy(rk, tg, 1)); r5.append(topk_accuracy(rk, tg, 5)); h.append([float(int(r_[0]) == i) for i, r_ in enumerate(rk)])
+        res[k], hits[k] = dict(r1=_mstd(r1), r5=_mstd(r5)), h
+    return res, hits
+
+@torch.no_grad()
+def phrase_keypoints(projection: nn.Module, kp_xyz: Tensor, kp_desc: Tensor, objects: list, phrase_emb: Tensor,
+                     margin: float = 0.25) -> tuple[float, float]:  # kp_xyz [K, 3], kp_desc [K, C2], phrase_emb [O, T]
+    """Phrase → key point: the phrase naming each of a room's `objects` ('a red striped chair', `rooms.describe_object`) picks the key
+    point whose projected descriptor lies closest to it in text space. A pick is a hit when the key point stands within `margin` m
+    (horizontally) of the object's footprint circle. Returns (the share of the objects hit, the share a key point drawn at random
+    would hit: the mean over objects of the share of key points on them). A room without objects: (0, 0)."""
+    if not objects: return 0.0, 0.0
+    on = torch.stack([(kp_xyz[:, :2] - kp_xyz.new_tensor(o["position"])).norm(dim=1) <= math.hypot(*o["footprint"]) + margin
+                      for o in objects])                                                           # [O, K]
+    z = projection(F.normalize(kp_desc, dim=-1))                                                   # [K, T]: each key point as a one-point scene
+    pick = (F.normalize(phrase_emb.float(), dim=-1) @ z.T).argmax(1)                               # [O]
+    return on[torch.arange(len(objects)), pick].float().mean().item(), on.float().mean().item()
 
 def caption_variants(caption: str, n: int, rng: np.random.Generator) -> list[str]:
     "The caption and n − 1 variants keeping its room description (first clause) and a random half or more of its object clauses."
@@ -543,18 +605,8 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
     val_top1 = {n: topk_accuracy([match_image(q, val_repo) for q in query_descriptors(models, standardize, vimgs, k)[0]], vtgt, 1)
                 for n, k in query_modes.items()}
     query_mode = max(query_modes, key=lambda n: (val_top1[n], n == "2D key points"))
-    img_res, img_hits, query_cache = {k: dict(top1=[], top5=[]) for k in repos}, {k: [] for k in repos}, {}
-    for seed in seeds:
-        imgs, tgt = novel_views(R["test"], "test", seed, cfg.n_queries, dcfg.width, dcfg.height, dcfg.shadows)
-        qd = query_descriptors(models, standardize, imgs, query_modes[query_mode])[0]
-        qb = standardize_plain(extract_features(teacher, imgs)).mean((2, 3))                         # [N, C2]
-        ranks = {"condense": [match_image(q, repos["condense"]) for q in qd], "baseline": [match_image(q[None], repos["baseline"]) for q in qb]}
-        for k, rk in ranks.items():
-            img_res[k]["top1"].append(topk_accuracy(rk, tgt, 1)); img_res[k]["top5"].append(topk_accuracy(rk, tgt, 5))
-            hit = np.array([int(r_[0]) == t for r_, t in zip(rk, tgt)], float)
-            img_hits[k].append([float(hit[np.array(tgt) == i].mean()) for i in range(len(R["test"]))])   # [seeds][test rooms]
-        query_cache[seed] = (imgs, tgt, ranks)
-    img_res = {k: {m: _mstd(v) for m, v in d.items()} for k, d in img_res.items()}
+    img_res, img_hits, query_cache = image_queries(models, teacher, standardize, standardize_plain, R["test"], "test", repos, seeds,
+                                                   cfg.n_queries, dcfg, query_modes[query_mode])
     timings["image_queries_s"] = round(time.time() - t0, 1)
     # (d) duplicate scenes: one deterministic number per method
     dup_repos = {k: scene_repository(R, cond, base, ["test", "test_dup"], k) for k in ("condense", "baseline")}
@@ -563,22 +615,44 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
     n_pairs = len(truth) * (len(truth) - 1) // 2
     duplicates = dict(ap={k: average_precision(s, truth) for k, s in dup_scores.items()}, n_pairs=n_pairs, n_scenes=len(truth),
                       n_dup_pairs=int(truth.sum()) // 2, chance=int(truth.sum()) // 2 / n_pairs)
-    # (e) text -> scene through MiniLM and a linear InfoNCE projection
+    # (e) text -> scene through MiniLM and a linear InfoNCE projection per method and seed, trained on the captions of the
+    # train rooms and of the first `text_pool_rooms` pool rooms (no labels needed: a caption comes from the room's seed)
     t0 = time.time()
     text_model, rng, A = load_text_model(), np.random.default_rng(0), cfg.text_variants
-    tr_text = embed_texts([v for r in R["train"] for v in caption_variants(r["caption"], A, rng)], text_model).reshape(len(R["train"]), A, -1)
+    P_text = load_pool_rooms(data_root, data_preset, teacher, cfg, n=cfg.text_pool_rooms) if cfg.text_pool_rooms else []
+    T_rooms = {"train": R["train"], "pool": P_text}
+    T_cond, T_base = {"train": cond["train"], "pool": condense_rooms(models, P_text, cfg.kp3d)}, {"train": base["train"], "pool": [standardize_plain(r["teacher"]).mean((0, 2, 3)) for r in P_text]}
+    del P_text
+    tr_text = embed_texts([v for s in T_rooms for r in T_rooms[s] for v in caption_variants(r["caption"], A, rng)], text_model)
+    tr_text = tr_text.reshape(len(tr_text) // A, A, -1)                                           # [rooms, variants, T]
     va_text, te_text = (embed_texts([r["caption"] for r in R[s]], text_model) for s in ("val", "test"))
-    emb = {k: {s: scene_repository(R, cond, base, [s], k).embedding_matrix() for s in ("train", "val", "test")} for k in repos}
-    txt_res = {k: dict(r1=[], r5=[], val_r1=[], epoch=[]) for k in emb}
-    for k in emb:
-        for seed in seeds:
-            proj = fit_text_projection(emb[k]["train"], tr_text, epochs=cfg.text_epochs, lr=1e-2, weight_decay=1e-2, seed=seed,
-                                       val=(emb[k]["val"], va_text), eval_every=max(1, cfg.text_epochs // 20))
-            rk, tg = [match_text(t, repos[k], proj) for t in te_text], list(range(len(te_text)))
-            for m, v in (("r1", topk_accuracy(rk, tg, 1)), ("r5", topk_accuracy(rk, tg, 5)), ("val_r1", proj.val_r1), ("epoch", proj.best_epoch)):
-                txt_res[k][m].append(v)
-    txt_res = {k: {m: _mstd(v) for m, v in d.items()} for k, d in txt_res.items()}
+    emb_tr = {k: scene_repository(T_rooms, T_cond, T_base, [s for s in T_rooms if T_rooms[s]], k).embedding_matrix() for k in repos}
+    emb_va = {k: scene_repository(R, cond, base, ["val"], k).embedding_matrix() for k in repos}
+    projections = {k: [fit_text_projection(emb_tr[k], tr_text, epochs=cfg.text_epochs, lr=1e-2, weight_decay=1e-2, seed=seed,
+                                           val=(emb_va[k], va_text), eval_every=max(1, cfg.text_epochs // 20)) for seed in seeds] for k in repos}
+    txt_res, txt_hits = text_queries(te_text, repos, projections)
+    for k, projs in projections.items(): txt_res[k].update(val_r1=_mstd([p.val_r1 for p in projs]), epoch=_mstd([p.best_epoch for p in projs]))
+    del T_rooms, T_cond, T_base
     timings["text_s"] = round(time.time() - t0, 1)
+    # (f) the query sets: the same image and text queries over `query_rooms` new rooms, each in its own materials, then all with
+    # one shared floor and wall material (the hard condition); the cameras of the novel views are the same in both
+    t0, queries = time.time(), {}
+    for cond_name, shared in (("own materials", False), ("shared materials", True)) if cfg.query_rooms else ():
+        Q = {"query": load_query_rooms(data_root, data_preset, teacher, cfg, shared)}
+        Q_cond, Q_base = {"query": condense_rooms(models, Q["query"], cfg.kp3d)}, {"query": [standardize_plain(r["teacher"]).mean((0, 2, 3)) for r in Q["query"]]}
+        q_repos = {k: scene_repository(Q, Q_cond, Q_base, ["query"], k) for k in repos}
+        q_img, q_img_hits, _ = image_queries(models, teacher, standardize, standardize_plain, Q["query"], "query", q_repos, seeds,
+                                             cfg.n_queries, dcfg, query_modes[query_mode])
+        q_txt, q_txt_hits = text_queries(embed_texts([r["caption"] for r in Q["query"]], text_model), q_repos, projections)
+        objs = [r["meta"]["objects"] for r in Q["query"]]
+        ph = embed_texts([describe_object(o) for os_ in objs for o in os_], text_model).split([len(os_) for os_ in objs])   # [O_r, T] per room
+        ph_kp = [[phrase_keypoints(proj, c[0], c[1], os_, e) for c, os_, e in zip(Q_cond["query"], objs, ph)] for proj in projections["condense"]]
+        ph_hits, ph_chance = [[h for h, _ in s] for s in ph_kp], [c for _, c in ph_kp[0]]            # [seeds][rooms], [rooms]
+        queries[cond_name] = dict(rooms=len(Q["query"]), image_to_scene=q_img, image_to_scene_per_room=q_img_hits, text_to_scene=q_txt,
+                                  text_to_scene_per_room=q_txt_hits, phrase_to_keypoint=dict(hit=_mstd([float(np.mean(s)) for s in ph_hits]),
+                                  chance=float(np.mean(ph_chance)), per_room=ph_hits, chance_per_room=ph_chance, objects=sum(map(len, objs))))
+        del Q, Q_cond, Q_base, q_repos
+    timings["query_sets_s"] = round(time.time() - t0, 1)
     # the claims: two diagnostics first, then ConDense's, each paired over the test rooms
     pre_teacher = ledger_precondition(ledger, "probes", "the teacher's patch features hold more semantics than a random network's") \
                   if ledger is not None and Path(ledger).exists() else {}
@@ -614,6 +688,27 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
                claim_row("decorated key points retrieve the scene of a novel view better than a mean-token baseline", "image→scene top-1",
                          "ConDense key points", "mean teacher token", img_hits["condense"], img_hits["baseline"],
                          paper_figure="ConDense abstract (2D image → 3D scene matching)", preconditions=pre_teacher, **common)]
+    if queries:                                                           # the query sets: is the hard condition hard, then both claims in each
+        own, shared = queries["own materials"], queries["shared materials"]
+        hard = claim_row(f"the hard condition takes the palette cue away: the mean-token baseline finds fewer of the {own['rooms']} query rooms "
+                         "when they share their floor and wall materials", "image→scene top-1", "baseline, own materials",
+                         "baseline, shared materials", own["image_to_scene_per_room"]["baseline"], shared["image_to_scene_per_room"]["baseline"],
+                         paper_figure="diagnostic (precondition)", **common)
+        claims.insert(len(diag), hard)
+        for cond_name, q in queries.items():
+            pre = {**pre_teacher, **(holds(hard) if cond_name == "shared materials" else {})}
+            claims += [claim_row(f"decorated key points retrieve the scene of a novel view better than a mean-token baseline ({q['rooms']} query rooms, {cond_name})",
+                                 "image→scene top-1", "ConDense key points", "mean teacher token", q["image_to_scene_per_room"]["condense"],
+                                 q["image_to_scene_per_room"]["baseline"], paper_figure="ConDense abstract (2D image → 3D scene matching)",
+                                 preconditions=pre, **common),
+                       claim_row(f"a caption finds its scene better through decorated key points than through a mean-token baseline ({q['rooms']} query rooms, {cond_name})",
+                                 "text→scene R@1", "ConDense key points", "mean teacher token", q["text_to_scene_per_room"]["condense"],
+                                 q["text_to_scene_per_room"]["baseline"], paper_figure="ConDense abstract (natural-language querying of a scene repository)",
+                                 preconditions=pre, **common),
+                       claim_row(f"a phrase naming an object picks a key point on that object more often than a random key point ({q['rooms']} query rooms, {cond_name})",
+                                 "phrase→key point hit rate", "ConDense key points", "random key point", q["phrase_to_keypoint"]["per_room"],
+                                 [q["phrase_to_keypoint"]["chance_per_room"]] * len(seeds),
+                                 paper_figure="ConDense abstract (natural-language querying of a scene repository)", preconditions=pre_teacher, **common)]
     if ledger is not None: update_ledger(ledger, "condense", claims)
     keep.update(R=R, models=models, standardize=standardize, encoders2d=encoders2d, cond=cond, query_cache=query_cache,
                 dup_scores=dup_scores, truth=truth, data_config=dcfg)
@@ -632,6 +727,7 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
                    probes_positional={n: {k: v for k, v in probes_pos[n].items() if k in ("seg", "depth")} for n in encoders2d},
                    consistency=consistency, image_to_scene=img_res, image_to_scene_per_room=img_hits, n_image_queries_per_seed=len(query_cache[seeds[0]][1]),
                    query_mode=query_mode, query_modes=query_modes, val_query_top1=val_top1, duplicates=duplicates, text_to_scene=txt_res,
+                   text_to_scene_per_room=txt_hits, n_text_pool_rooms=cfg.text_pool_rooms, query_sets=queries,
                    room_code=dict(code_tokens, voxels_between_rooms=code_voxels),
                    n_test_scenes=len(R["test"]), n_train_rooms=len(R["train"]), n_pool_rooms=n_pool, n_oracle_rooms=len(R["train"]), done_when={k: bool(v) for k, v in done_when.items()}, claims=claims, timings=dict(timings, total_s=round(time.time() - t_start, 1)))
     save_json(out / "metrics.json", metrics)

