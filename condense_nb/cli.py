@@ -632,12 +632,14 @@ def _cmd_data(args) -> int:
 def _cmd_pool(args) -> int:
     writable_folder(args.root, "--root")
     pool = importlib.import_module("condense_nb.pool")
-    cfg = pool.PoolConfig.from_preset(args.preset)
-    t0 = time.time()
-    path = pool.build_pool(cfg, root=args.root, workers=args.workers, progress=True)
-    info = importlib.import_module("condense_nb.core").load_json(path/"pool.json")
-    _say(f"pool {cfg.name!r} ready in {path}: {info['rooms']} rooms, {info['views']} views, {info['bytes'] / 1e6:.0f} MB; "
-         f"this run {fmt_duration(time.time() - t0)}, {info['shard_seconds']:.0f} s of rendering over all runs")
+    cfgs = ([pool.query_set(args.preset), pool.query_set(args.preset, shared=True)] if args.queries
+            else [pool.PoolConfig.from_preset(args.preset)])
+    for cfg in cfgs:
+        t0 = time.time()
+        path = pool.build_pool(cfg, root=args.root, workers=args.workers, progress=True)
+        info = importlib.import_module("condense_nb.core").load_json(path/"pool.json")
+        _say(f"pool {cfg.name!r} ready in {path}: {info['rooms']} rooms, {info['views']} views, {info['bytes'] / 1e6:.0f} MB; "
+             f"this run {fmt_duration(time.time() - t0)}, {info['shard_seconds']:.0f} s of rendering over all runs")
     return 0
 
 def _key_value(text: str) -> tuple:
@@ -746,6 +748,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--root", default="data", help="datasets folder (default: data)")
     q.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)), metavar="N",
                    help="rendering processes (default: the number of CPUs, at most 8)")
+    q.add_argument("--queries", action="store_true",
+                   help="build ConDense's query sets instead (ROOT/queries_PRESET/ and ROOT/queries_PRESET_shared/: new rooms in "
+                   "their own materials, then the same rooms with one shared floor and wall material)")
     q.set_defaults(func=_cmd_pool)
     r = sub.add_parser("reproduce", help="run the pipeline notebooks and write RUNS/PRESET/report.md",
                        description="Run the pipeline notebooks (nbs/pipelines/) in order with papermill, then "

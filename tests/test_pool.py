@@ -66,3 +66,18 @@ def test_damage_and_misuse_are_named(tmp_path):
     (root / "DONE").unlink()
     with pytest.raises(ValueError, match="no DONE"):
         PoolImages(root)
+
+
+def test_cli_builds_the_query_sets(tmp_path, capsys):
+    "`condense-nb pool --queries` builds both query sets of a preset (and not its pool): the same rooms and geometry, other colours."
+    from condense_nb import cli
+    from condense_nb.pool import query_set, read_pool_config, pool_rooms
+    assert cli.main(["pool", "--preset", "tiny", "--queries", "--workers", "1", "--root", str(tmp_path)]) == 0
+    own, shared = (tmp_path / query_set("tiny", s).name for s in (False, True))
+    assert read_pool_config(own) == query_set("tiny") and read_pool_config(shared) == query_set("tiny", shared=True)
+    assert (own / "DONE").exists() and (shared / "DONE").exists() and not (tmp_path / "pool_tiny").exists()
+    a, b = pool_rooms(own, 6), pool_rooms(shared, 6)
+    assert [r["seed"] for r in a] == [r["seed"] for r in b]
+    assert all(torch.equal(x["depth"], y["depth"]) and torch.equal(x["viewmats"], y["viewmats"]) for x, y in zip(a, b))
+    assert not all(torch.equal(x["rgb"], y["rgb"]) for x, y in zip(a, b))
+    assert "queries_tiny_shared" in capsys.readouterr().out
