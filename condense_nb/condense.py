@@ -56,6 +56,7 @@ class CondenseConfig:
     sweep_steps: int = 10                # steps of each fidelity-weight candidate (capped at `steps`)
     pool_rooms: int = 0                  # unlabelled pool rooms (08_pool) joint training adds to the train rooms (0: none)
     center_views: bool = False           # 2D tokens lose their view's mean token before standardising (`fit_standardizer`)
+    whiten: bool = False                 # ZCA-whitened 2D tokens instead of per-channel standardised ones (`fit_standardizer`)
     lam_fids: tuple = (0.3, 3.0)         # fidelity-weight candidates, chosen on val
     lam_fid: float = 1.0                 # the weight used when there is no sweep
     lam_kp: float = 0.5                  # key-point loss weight
@@ -119,7 +120,7 @@ class CondenseConfig:
 
 PRESETS = dict(
     tiny=dict(render_norm="premultiplied", res=(8, 16, 16), width=8, out_dim=16, widths=(8, 16), steps=24, warmup=4, sweep_steps=10, pool_rooms=8,
-              center_views=True, lam_fids=(0.3, 3.0),
+              center_views=True, whiten=True, lam_fids=(0.3, 3.0),
               lam_fid=1.0, lam_kp=0.5, views_per_step=2, n_samples=32, sigma=10.0, lr3d=3e-3, lr2d=3e-5, ckpt_every=8,
               kp3d=32, kp2d=16, seg_steps=24, seg_eval_every=8, seg_lr=3e-3, seg_head_warmup=4, seg_backbone_lr_mult=0.1,
               label_fracs=(0.1, 1.0), n_queries=2, query_rooms=6, text_pool_rooms=8,
@@ -183,14 +184,23 @@ def load_query_rooms(data_root, data_preset: str, teacher: nn.Module, cfg: Conde
     one floor and wall material, the hard condition), prepared (`prepare_views`), each with its scene and caption."""
     return _prepared_pool(query_set(data_preset, shared), data_root, cfg.query_rooms, "query_rooms", data_preset, teacher, cfg, "query")
 
-def fit_standardizer(maps: list, center_views: bool = False) -> Callable[[Tensor], Tensor]:  # maps: list of [n, C, h, w]
+def fit_standardizer(maps: list, center_views: bool = False, whiten: bool = False) -> Callable[[Tensor], Tensor]:  # maps: list of [n, C, h, w]
     """Per-channel standardisation [n, C, h, w] -> [n, C, h, w] with the (fixed) mean and std of every token of `maps`.
     `center_views`: each view first loses its own mean token (when fitting and when applied), so nothing of a view's
-    overall code is left to learn, only what tells its surfaces apart."""
+    overall code is left to learn, only what tells its surfaces apart. `whiten`: ZCA whitening instead of the per-channel
+    std, x ↦ U diag(λ + ε)^-½ Uᵀ (x − μ) with Σ = U diag(λ) Uᵀ the tokens' covariance and ε = 1e-3 · mean(λ): every
+    direction of the token space gets unit variance, not only every channel, and the result stays closest to the tokens."""
     center = (lambda t: t - t.mean((2, 3), keepdim=True)) if center_views else (lambda t: t)
     T = torch.cat([center(m) for m in maps]).transpose(0, 1).flatten(1)                             # [C, N*h*w]
-    mu, sd = T.mean(1), T.std(1).clamp_min(1e-6)
-    return lambda t: (center(t) - mu[:, None, None]) / sd[:, None, None]
+    mu = T.mean(1)
+    if not whiten:
+        sd = T.std(1).clamp_min(1e-6)
+        return lambda t: (center(t) - mu[:, None, None]) / sd[:, None, None]
+    X = (T - mu[:, None]).double()
+    lam, U = torch.linalg.eigh(X @ X.T / (X.shape[1] - 1))                                         # Σ = U diag(λ) Uᵀ, [C], [C, C]
+    lam = lam.clamp_min(0)
+    W = ((U * (lam + 1e-3 * lam.mean()).rsqrt()) @ U.T).to(T.dtype)                                # [C, C], symmetric
+    return lambda t: torch.einsum("dc,nchw->ndhw", W, center(t) - mu[:, None, None])
 
 # %% ../nbs/45_condense.ipynb #ffdf76b2
 def build_models(teacher: nn.Module, cfg: CondenseConfig, seed: int = 0) -> dict[str, nn.Module]:
@@ -503,8 +513,8 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
     # every room of every split once: views, fused grid, labels, standardised teacher tokens
     t0 = time.time()
     R = {s: load_rooms(root, s, teacher, cfg) for s in ("train", "val", "test", "test_dup")}
-    standardize = fit_standardizer([r["teacher"] for r in R["train"]], cfg.center_views)          # the tokens every loss reads
-    standardize_plain = fit_standardizer([r["teacher"] for r in R["train"]]) if cfg.center_views else standardize   # the mean-token baseline's
+    standardize = fit_standardizer([r["teacher"] for r in R["train"]], cfg.center_views, cfg.whiten)  # the tokens every loss reads
+    standardize_plain = fit_standardizer([r["teacher"] for r in R["train"]]) if cfg.center_views or cfg.whiten else standardize   # the mean-token baseline's
     mean_token = {s: [standardize_plain(r["teacher"]).mean((0, 2, 3)) for r in rooms] for s, rooms in R.items()}
     code_tokens = room_code(R["train"], transform=standardize_plain)                               # before any centring
     for rooms in R.values():
@@ -520,7 +530,7 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
     # joint training on train (+ pool) rooms, the fidelity weight chosen on val
     t0 = time.time()
     joint = Joint(R["train"] + P, standardize, dcfg.width, dcfg.height, PATCH)
-    tag = (f"_pool{len(P)}" if P else "") + ("_centered" if cfg.center_views else "")   # other rooms or targets: other cache files
+    tag = (f"_pool{len(P)}" if P else "") + ("_centered" if cfg.center_views else "") + ("_zca" if cfg.whiten else "")   # other rooms or targets: other cache files
     models, history, lam_fid, sweep_res = pretrain(teacher, joint, R["val"], cfg, out, sweep=cfg.sweep, log=say, tag=tag)
     n_pool, joint = len(P), joint._replace(rooms=R["train"])              # the pool rooms' memory goes: nothing after this reads them
     with torch.random.fork_rng():                                        # the pre-training's starting point, the global RNG untouched
