@@ -11,10 +11,10 @@ from typing import Iterable, Sequence
 # %% auto #0
 __all__ = ['PRESETS', 'PIPELINES', 'DEPENDS', 'OUTPUTS', 'DONE_FORMAT', 'UsageError', 'repo_root', 'find_pipelines_dir',
            'select_stages', 'file_sha256', 'imported_modules', 'library_files', 'output_manifest', 'manifest_changes',
-           'read_done', 'outputs_digest', 'stage_status', 'stage_is_done', 'mark_done', 'owned_processes', 'kill_owned',
-           'owned_children', 'run_stage', 'rewrite_links', 'git_commit', 'machine_info', 'fmt_duration', 'write_report',
-           'check_threads', 'writable_folder', 'notebook_parameters', 'stage_settings', 'reproduce', 'ship_teacher',
-           'build_parser', 'main']
+           'read_done', 'outputs_digest', 'stage_status', 'stage_is_done', 'code_state', 'mark_done', 'owned_processes',
+           'kill_owned', 'owned_children', 'run_stage', 'rewrite_links', 'git_commit', 'machine_info', 'fmt_duration',
+           'write_report', 'check_threads', 'writable_folder', 'notebook_parameters', 'stage_settings', 'reproduce',
+           'ship_teacher', 'build_parser', 'main']
 
 # %% ../nbs/06_cli.ipynb #840649ca
 PRESETS = ("tiny", "small", "full")
@@ -204,17 +204,24 @@ def stage_is_done(stage_dir, notebook, parameters: dict, inputs: dict | None = N
     "True if `stage_status` finds nothing changed."
     return stage_status(stage_dir, notebook, parameters, inputs, outputs) is None
 
+def code_state(notebook) -> dict:
+    "What of the code a stage runs `stage_status` compares: the pipeline notebook's sha256 and the library files it imports."
+    return dict(sha256=file_sha256(notebook), library=library_files(notebook))
+
 def mark_done(stage_dir, stage: str, notebook, parameters: dict, duration_s: float,
-              inputs: dict | None = None, outputs: Sequence = ()) -> Path:
-    "Write `stage_dir/DONE.json` atomically: what `stage_status` checks, plus the duration and the finish time."
+              inputs: dict | None = None, outputs: Sequence = (), code: dict | None = None) -> Path:
+    """Write `stage_dir/DONE.json` atomically: what `stage_status` checks, plus the duration and the finish time.
+    `code`: `code_state(notebook)` taken when the stage started (default: now), so that code edited while a stage ran
+    leaves it out of date instead of marking it done with code it never ran."""
     from condense_nb.core import save_json
     stage_dir = Path(stage_dir)
     own = output_manifest(stage_dir, exclude={"DONE.json", Path(notebook).name})
     ext = {str(f): output_manifest(f) for f in outputs}
     sums = lambda m: {k: v["sha256"] for k, v in m.items()}
-    lib = library_files(notebook)
+    code = code_state(notebook) if code is None else code
+    lib = code["library"]
     return save_json(stage_dir/"DONE.json", dict(
-        format=DONE_FORMAT, stage=stage, notebook=Path(notebook).name, sha256=file_sha256(notebook), parameters=parameters,
+        format=DONE_FORMAT, stage=stage, notebook=Path(notebook).name, sha256=code["sha256"], parameters=parameters,
         library=dict(sha256=_digest(lib), files=lib), inputs=dict(inputs or {}),
         outputs_sha256=_digest([sums(own), {k: sums(m) for k, m in ext.items()}]), outputs=own, external=ext,
         duration_s=round(float(duration_s), 3), finished=_now(), finished_unix=time.time()))
@@ -532,14 +539,14 @@ def reproduce(preset: str, root="data", runs="runs", only=None, force: bool = Fa
             gone = remove_temp_files(sdir, "*.tmp") + [g for f in extra(stage) for g in remove_temp_files(f)]
             if gone: _say(f"{tag}: removed {len(gone)} temporary file(s) left by interrupted writes ({_few(g.name for g in gone)})")
             _say(f"{tag}: running {nb} -> {sdir/nb}")
-            ins, t0 = inputs(stage), time.perf_counter()          # what it reads, as it is when it starts
+            ins, code, t0 = inputs(stage), code_state(pdir/nb), time.perf_counter()   # what it reads and runs, as it is when it starts
             run_p = {**p, "threads": threads} if threads else p   # threads change speed (and float rounding), not the experiment: not in DONE.json
             try: dt = run_stage(pdir/nb, sdir/nb, run_p, cwd=pdir, log_output=log_output, progress=progress)
             except (Exception, KeyboardInterrupt) as e:
                 records[stage].update(status="failed" if isinstance(e, Exception) else "interrupted",
                                       duration_s=time.perf_counter() - t0, error=_error_line(e))
                 failed = (stage, sdir/nb, e); break
-            mark_done(sdir, stage, pdir/nb, p, dt, inputs=ins, outputs=extra(stage))
+            mark_done(sdir, stage, pdir/nb, p, dt, inputs=ins, outputs=extra(stage), code=code)
             records[stage].update(status="done", duration_s=dt)
             _say(f"{tag}: done in {fmt_duration(dt)}")
         for s in order:                                     # the others as they are now (another shell may have run some)

@@ -632,7 +632,6 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
     P_text = load_pool_rooms(data_root, data_preset, teacher, cfg, n=cfg.text_pool_rooms) if cfg.text_pool_rooms else []
     T_rooms = {"train": R["train"], "pool": P_text}
     T_cond, T_base = {"train": cond["train"], "pool": condense_rooms(models, P_text, cfg.kp3d)}, {"train": base["train"], "pool": [standardize_plain(r["teacher"]).mean((0, 2, 3)) for r in P_text]}
-    del P_text
     tr_text = embed_texts([v for s in T_rooms for r in T_rooms[s] for v in caption_variants(r["caption"], A, rng)], text_model)
     tr_text = tr_text.reshape(len(tr_text) // A, A, -1)                                           # [rooms, variants, T]
     va_text, te_text = (embed_texts([r["caption"] for r in R[s]], text_model) for s in ("val", "test"))
@@ -642,7 +641,7 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
                                            val=(emb_va[k], va_text), eval_every=max(1, cfg.text_epochs // 20)) for seed in seeds] for k in repos}
     txt_res, txt_hits = text_queries(te_text, repos, projections)
     for k, projs in projections.items(): txt_res[k].update(val_r1=_mstd([p.val_r1 for p in projs]), epoch=_mstd([p.best_epoch for p in projs]))
-    del T_rooms, T_cond, T_base
+    del P_text, T_rooms, T_cond, T_base                                                    # the pool rooms' views and tokens go
     timings["text_s"] = round(time.time() - t0, 1)
     # (f) the query sets: the same image and text queries over `query_rooms` new rooms, each in its own materials, then all with
     # one shared floor and wall material (the hard condition); the cameras of the novel views are the same in both
