@@ -11,18 +11,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from .core import save_json, seed_everything, preset_config, check_int, check_number, torch_threads
+from .core import save_json, load_json, atomic_write_bytes, seed_everything, preset_config, check_int, check_number, torch_threads
 from .datasets import build_preset, RoomViews, RoomScenes
-from .encoders import DenseEncoder
-from .probes import run_probes, unit_scores, seg_labels, position_features
+from .encoders import DenseEncoder, load_encoder
+from .probes import run_probes, unit_scores, seg_labels, position_features, fit_seg_probe
 from .diagnostics import run_consistency
-from .features import rgb_feature_fn, extract_features
+from .features import rgb_feature_fn, extract_features, fit_whitening, apply_whitening
 from .scenes import CLASSES
 from .diagnostics import feature_diagnostics
 from .claims import claim_row, update_ledger
 
 # %% auto #0
-__all__ = ['PRESETS', 'ProbeStageConfig', 'check_probe_fields', 'room_views', 'extractors', 'run']
+__all__ = ['PRESETS', 'ProbeStageConfig', 'check_probe_fields', 'room_views', 'extractors', 'run', 'val_mIoU', 'choose_snapshot']
 
 # %% ../nbs/16_probe_stage.ipynb #820c0f9c
 @dataclass
@@ -140,3 +140,52 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, compare, ledger
                    compare=list(compare or {}), claims=claims)
     save_json(out / "metrics.json", metrics)
     return metrics
+
+# %% ../nbs/16_probe_stage.ipynb #140d7c46
+def val_mIoU(encoder, train: tuple, val: tuple, cfg: ProbeStageConfig) -> float:  # train, val: (rgb [N, 3, H, W], labels [N, H, W])
+    "The score teachers are chosen by: a linear segmentation probe on whitened features, fitted on `train`, epoch and learning rate picked on `val` (seed `cfg.seeds[0]`); its val mIoU."
+    (train_rgb, train_labels), (val_rgb, val_labels) = train, val
+    train_feats, val_feats = extract_features(encoder, train_rgb), extract_features(encoder, val_rgb)
+    white = fit_whitening(train_feats, 0.1)                                            # fitted on train only, as in `run_probes`
+    _, hist = fit_seg_probe(apply_whitening(train_feats, *white), train_labels, apply_whitening(val_feats, *white), val_labels,
+                            len(CLASSES), seed=cfg.seeds[0], epochs=cfg.epochs, lrs=cfg.lrs)
+    return float(hist["best"]["val"]["mIoU"])
+
+def choose_snapshot(teacher_dir, data_root, data_preset: str = "small", cfg: ProbeStageConfig | None = None, progress: bool = True) -> dict:
+    """Score a teacher run's snapshots on the val rooms of `data_preset` and make the best the run's teacher.
+
+    Args:
+        teacher_dir: a teacher run folder (`teacher.run`'s `out_dir`); its candidates are `ckpt/snapshots/step_*.safetensors`.
+        cfg: the probe protocol (default: the probe stage's preset of `data_preset`).
+    Returns:
+        {"scores": {step: val mIoU}, "step": the chosen step, "steps": the schedule's length, "protocol": ...}, also written to
+        `teacher_dir/selection.json`; the chosen snapshot is copied to `teacher_dir/teacher.safetensors` (+ .json, whose meta
+        gains `selected_on_val`)."""
+    out = Path(teacher_dir)
+    cfg = cfg or ProbeStageConfig.from_preset(data_preset if data_preset in PRESETS else "small")
+    snaps = {int(p.stem.split("_")[1]): p for p in sorted((out / "ckpt" / "snapshots").glob("step_*.safetensors"))}
+    if not snaps: raise ValueError(f"{out / 'ckpt' / 'snapshots'}: no snapshots; train with keep_every > 0 (e.g. --set keep_every=1500)")
+    sel_path = out / "selection.json"
+    kept = load_json(sel_path) if sel_path.exists() else {}
+    protocol = dict(data=data_preset, split="val", probe="linear seg, whitened", seed=cfg.seeds[0], epochs=cfg.epochs, lrs=list(cfg.lrs),
+                    view_stride=cfg.view_stride)
+    scores = {int(k): v for k, v in kept.get("scores", {}).items()} if kept.get("protocol") == protocol else {}
+    todo = [s for s in snaps if s not in scores]
+    with torch_threads(cfg.num_threads):
+        if todo:
+            root = build_preset(data_preset, root=data_root, progress=False)
+            train, val = (room_views(root, split, cfg.view_stride)[:2] for split in ("train", "val"))
+        for step in todo:
+            t0 = time.time()
+            scores[step] = val_mIoU(load_encoder(snaps[step]), train, val, cfg)
+            if progress: print(f"snapshot step {step}: val mIoU {100 * scores[step]:.1f} ({time.time() - t0:.0f} s)", flush=True)
+            save_json(sel_path, dict(protocol=protocol, scores=scores))                # after each: an interrupted choice loses nothing
+    best = max((s for s in snaps), key=lambda s: (scores[s], -s))                      # ties: the earlier step
+    meta = load_json(snaps[best].with_suffix(".json"))
+    steps = meta.get("meta", {}).get("steps")
+    meta.setdefault("meta", {})["selected_on_val"] = dict(step=best, scores={str(k): scores[k] for k in sorted(scores)}, protocol=protocol)
+    atomic_write_bytes(out / "teacher.safetensors", snaps[best].read_bytes())
+    save_json(out / "teacher.json", meta)
+    result = dict(protocol=protocol, scores={k: scores[k] for k in sorted(scores)}, step=best, steps=steps)
+    save_json(sel_path, result)
+    return result

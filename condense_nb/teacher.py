@@ -21,8 +21,8 @@ __all__ = ['PRESETS', 'TeacherConfig', 'from_preset', 'crop_boxes', 'apply_crops
            'DinoNet', 'vit_tokens', 'random_patch_masks', 'softmax_ce', 'dino_loss', 'ibot_loss', 'update_center',
            'token_grid', 'dense_loss', 'sinkhorn_knopp', 'ema_update', 'param_groups', 'schedules', 'DinoState',
            'autocast_bf16', 'train_step', 'as_image_dataset', 'batch_indices', 'save_teacher_checkpoint',
-           'load_teacher_checkpoint', 'teacher_encoder', 'train_teacher', 'rank_block', 'take_block', 'training_images',
-           'run', 'install_shipped']
+           'load_teacher_checkpoint', 'teacher_encoder', 'snapshot_path', 'save_snapshot', 'train_teacher',
+           'rank_block', 'take_block', 'training_images', 'run', 'install_shipped']
 
 # %% ../nbs/12_teacher.ipynb #f1b2bb2a
 @dataclass
@@ -84,6 +84,7 @@ class TeacherConfig:
     ckpt_every: int = 50
     log_every: int = 10
     keep_ckpts: int = 2
+    keep_every: int = 0                     # also keep the EMA teacher of every keep_every-th step (ckpt/snapshots/): the candidates chosen between on val; 0: none
     num_workers: int = 0
     num_threads: int | None = None          # torch CPU threads while training (None: leave as is; 1 wins on a busy machine)
     device: str | None = None
@@ -529,7 +530,7 @@ def _collate(items) -> Tensor:  # -> [B, 3, H, W]
     return torch.stack(xs)
 
 # %% ../nbs/12_teacher.ipynb #b1a0f79e
-_RESUME_FREE = {"ckpt_every", "log_every", "keep_ckpts", "num_workers", "num_threads", "device"}
+_RESUME_FREE = {"ckpt_every", "log_every", "keep_ckpts", "keep_every", "num_workers", "num_threads", "device"}
 # fields added after checkpoints were first written: what a checkpoint without them was trained with
 _ABSENT_MEANS = dict(data="train", native_zoom=None, channel_perm_p=0.0, dino_weight=1.0, dense_weight=0.0, dense_start=0,
                      patch_targets="center")
@@ -563,6 +564,14 @@ def teacher_encoder(state: DinoState, cfg: TeacherConfig) -> DenseEncoder:
     enc = DenseEncoder(cfg.arch, img_size=cfg.global_size, **cfg.timm_kwargs())
     enc.model.load_state_dict(state.teacher.encoder.model.state_dict())
     return enc
+
+def snapshot_path(out_dir, step: int) -> Path:
+    "Where `save_snapshot` keeps the EMA teacher of `step` in a checkpoint folder."
+    return Path(out_dir) / "snapshots" / f"step_{step:07d}.safetensors"
+
+def save_snapshot(out_dir, state: DinoState, cfg: TeacherConfig, step: int) -> Path:
+    "Keep the EMA teacher after `step` as a `DenseEncoder` file (+ .json with the recipe and `step`): one candidate of the choice on val."
+    return save_encoder(teacher_encoder(state, cfg), snapshot_path(out_dir, step), dict(teacher_config=_cfg_json(cfg), steps=cfg.steps, step=step))
 
 def train_teacher(images_or_dataset, cfg: TeacherConfig, out_dir, progress: bool = True, stop_at: int | None = None) -> DenseEncoder:
     "Pre-train a ViT with DINO + iBOT on images in [0,1]; checkpoints and resumes in `out_dir`; returns the teacher encoder."
@@ -599,6 +608,7 @@ def _train_loop(ds, state, opt, cfg, out, start, stop, history, progress, save=T
         if bar is not None:
             bar.update(1)
             if step % cfg.log_every == 0: bar.set_postfix(loss=f"{rec['loss']:.3f}", dino=f"{rec['dino']:.3f}", ibot=f"{rec['ibot']:.3f}")
+        if save and cfg.keep_every and (step + 1) % cfg.keep_every == 0: save_snapshot(out, state, cfg, step + 1)   # before the checkpoint: a resume redoes it
         if save and ((step + 1) % cfg.ckpt_every == 0 or step + 1 == stop): save_teacher_checkpoint(out, state, opt, cfg, step + 1, history)
     if bar is not None: bar.close()
 

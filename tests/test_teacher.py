@@ -273,6 +273,27 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert again.meta["resumed_from"] == 6 and torch.equal(again(data[:2]), full(data[:2]))
 
 
+def test_snapshots_survive_a_resume(tmp_path):
+    "keep_every: the EMA teacher of every k-th step is kept; an interrupted run keeps the same snapshots bit for bit, and the last one is the teacher."
+    from condense_nb.teacher import snapshot_path
+    from condense_nb.encoders import load_encoder
+    cfg = from_preset("tiny", steps=6, ckpt_every=3, keep_ckpts=1, keep_every=2)
+    data = toy_images(16, 32)
+    full = train_teacher(data, cfg, tmp_path / "full", progress=False)
+    train_teacher(data, cfg, tmp_path / "resumed", progress=False, stop_at=3)       # the checkpoint of step 3 sits between snapshots 2 and 4
+    assert sorted(p.name for p in (tmp_path / "resumed" / "snapshots").glob("*.safetensors")) == ["step_0000002.safetensors"]
+    train_teacher(data, cfg, tmp_path / "resumed", progress=False)
+    for step in (2, 4, 6):
+        a, b = (st.load_file(snapshot_path(tmp_path / r, step)) for r in ("full", "resumed"))
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a), step
+    assert json.loads(snapshot_path(tmp_path / "full", 4).with_suffix(".json").read_text())["meta"]["step"] == 4
+    last, first = load_encoder(snapshot_path(tmp_path / "full", 6)), load_encoder(snapshot_path(tmp_path / "full", 2))
+    assert torch.equal(last(data[:2]), full(data[:2])) and not torch.equal(first(data[:2]), full(data[:2]))
+    # a run without keep_every keeps none, and keep_every may change on resume (bookkeeping)
+    train_teacher(data, from_preset("tiny", steps=2), tmp_path / "none", progress=False)
+    assert not (tmp_path / "none" / "snapshots").exists()
+
+
 def test_resume_refuses_another_config_and_bad_files(tmp_path, capsys):
     data = toy_images(8, 32)
     cfg = from_preset("tiny", steps=2)
