@@ -515,7 +515,8 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
     R = {s: load_rooms(root, s, teacher, cfg) for s in ("train", "val", "test", "test_dup")}
     standardize = fit_standardizer([r["teacher"] for r in R["train"]], cfg.center_views, cfg.whiten)  # the tokens every loss reads
     standardize_plain = fit_standardizer([r["teacher"] for r in R["train"]]) if cfg.center_views or cfg.whiten else standardize   # the mean-token baseline's
-    mean_token = {s: [standardize_plain(r["teacher"]).mean((0, 2, 3)) for r in rooms] for s, rooms in R.items()}
+    mean_tokens = lambda rooms: [standardize_plain(r["teacher"]).mean((0, 2, 3)) for r in rooms]   # the baseline's scene descriptor
+    mean_token = {s: mean_tokens(rooms) for s, rooms in R.items()}
     code_tokens = room_code(R["train"], transform=standardize_plain)                               # before any centring
     for rooms in R.values():
         for r in rooms: r["teacher"] = standardize(r["teacher"])
@@ -631,7 +632,7 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
     text_model, rng, A = load_text_model(), np.random.default_rng(0), cfg.text_variants
     P_text = load_pool_rooms(data_root, data_preset, teacher, cfg, n=cfg.text_pool_rooms) if cfg.text_pool_rooms else []
     T_rooms = {"train": R["train"], "pool": P_text}
-    T_cond, T_base = {"train": cond["train"], "pool": condense_rooms(models, P_text, cfg.kp3d)}, {"train": base["train"], "pool": [standardize_plain(r["teacher"]).mean((0, 2, 3)) for r in P_text]}
+    T_cond, T_base = {"train": cond["train"], "pool": condense_rooms(models, P_text, cfg.kp3d)}, {"train": base["train"], "pool": mean_tokens(P_text)}
     tr_text = embed_texts([v for s in T_rooms for r in T_rooms[s] for v in caption_variants(r["caption"], A, rng)], text_model)
     tr_text = tr_text.reshape(len(tr_text) // A, A, -1)                                           # [rooms, variants, T]
     va_text, te_text = (embed_texts([r["caption"] for r in R[s]], text_model) for s in ("val", "test"))
@@ -648,7 +649,7 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
     t0, queries = time.time(), {}
     for cond_name, shared in (("own materials", False), ("shared materials", True)) if cfg.query_rooms else ():
         Q = {"query": load_query_rooms(data_root, data_preset, teacher, cfg, shared)}
-        Q_cond, Q_base = {"query": condense_rooms(models, Q["query"], cfg.kp3d)}, {"query": [standardize_plain(r["teacher"]).mean((0, 2, 3)) for r in Q["query"]]}
+        Q_cond, Q_base = {"query": condense_rooms(models, Q["query"], cfg.kp3d)}, {"query": mean_tokens(Q["query"])}
         q_repos = {k: scene_repository(Q, Q_cond, Q_base, ["query"], k) for k in repos}
         q_img, q_img_hits, _ = image_queries(models, teacher, standardize, standardize_plain, Q["query"], "query", q_repos, seeds,
                                              cfg.n_queries, dcfg, query_modes[query_mode])
