@@ -672,6 +672,11 @@ def _cmd_train_teacher(args) -> int:
     if int(os.environ.get("RANK", 0)) == 0:
         _say(f"teacher of preset {args.preset!r}: {m['steps']} steps × {m['batch_size']} images on {m['images']} views of {m['rooms']} rooms "
              f"({m['processes']} process(es)); this run {fmt_duration(m['seconds_this_run'])}; written to {Path(args.out) / 'teacher.safetensors'}")
+        if cfg.keep_every:                                                   # as the teacher stage does: the snapshot the val rooms choose
+            P = importlib.import_module("condense_nb.probe_stage")
+            sel = P.choose_snapshot(args.out, args.root, args.preset, P.ProbeStageConfig.from_preset(args.preset, num_threads=args.threads or None))
+            _say(f"chose the snapshot of step {sel['step']} on val (val mIoU " + ", ".join(f"{k}: {100 * v:.1f}" for k, v in sel["scores"].items()) +
+                 f"); it is now {Path(args.out) / 'teacher.safetensors'}")
     return 0
 
 def _cmd_notebooks(args) -> int:
@@ -799,7 +804,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_claims)
     tt = sub.add_parser("train-teacher", help="train the 2D teacher of a preset here, or data-parallel under torchrun",
                         description="Train (or resume) the teacher recipe of PRESET on its images under ROOT into OUT (teacher.safetensors, "
-                        "metrics.json, ckpt/), what the teacher stage of `reproduce` does without the pictures. Started by torchrun "
+                        "metrics.json, ckpt/; with keep_every in the recipe, also the EMA-teacher snapshots and the one the val rooms "
+                        "choose, selection.json), what the teacher stage of `reproduce` does without the pictures. Started by torchrun "
                         "(`torchrun --nproc_per_node=G $(which condense-nb) train-teacher ...`) every process trains its share of each "
                         "batch (nccl on CUDA, gloo on CPU); build the data first (`condense-nb data`, `condense-nb pool`).")
     tt.add_argument("--preset", required=True, choices=PRESETS, help="recipe and data size: tiny (CI), small (CPU), full (GPU)")

@@ -98,7 +98,8 @@ PRESETS = dict(
     tiny=dict(embed_dim=48, depth=2, num_heads=3, drop_path_rate=0.0, global_size=32, local_size=16, n_local=2, out_dim=256,
               head_hidden=128, head_bottleneck=64, dense_weight=1.0, patch_targets="sinkhorn", steps=20, batch_size=8, lr=1e-3, warmup_steps=2,
               freeze_last_layer_steps=0, ckpt_every=10, log_every=1, num_threads=1, precision="fp32"),
-    small=dict(dense_weight=1.0, ibot_weight=0.0, patch_targets="image", steps=3000),   # session 10: R3's recipe, 3× longer
+    small=dict(dense_weight=1.0, ibot_weight=0.0, patch_targets="image", steps=9000,    # session 10: R3's recipe; session 18: 9× longer (R5) ...
+               keep_every=1500),                                                     # ... its EMA teacher every 1,500 steps, one chosen on val
     full=dict(arch="vit_small_patch14_dinov2", patch_size=14, embed_dim=384, depth=12, num_heads=6, drop_path_rate=0.1,
               global_size=224, local_size=98, n_local=8, global_scale=(0.32, 1.0), local_scale=(0.05, 0.32), native_zoom=(0.7, 1.4),
               blur_sigma=(0.1, 2.0), out_dim=16384, head_hidden=2048, head_bottleneck=256, teacher_temp=0.07,

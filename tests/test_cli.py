@@ -399,3 +399,11 @@ def test_train_teacher_command(tmp_path, capsys):
     assert "--set: expected KEY=VALUE, got 'steps'" in capsys.readouterr().err
     assert main(args[:-4] + ["--set", "stepz=3"]) == 1
     assert "unknown TeacherConfig field(s) ['stepz']" in capsys.readouterr().err
+    # with keep_every: the snapshots, and the one the val rooms choose becomes the run's teacher
+    assert main(["train-teacher", "--preset", "tiny", "--root", str(tmp_path / "data"), "--out", str(tmp_path / "k"),
+                 "--set", "steps=4", "--set", "data=train", "--set", "keep_every=2", "--threads", "1"]) == 0
+    sel = json.loads((tmp_path / "k" / "selection.json").read_text())
+    assert sorted(sel["scores"]) == ["2", "4"] and sel["protocol"]["split"] == "val"
+    assert f"chose the snapshot of step {sel['step']} on val" in capsys.readouterr().out
+    chosen = tmp_path / "k" / "ckpt" / "snapshots" / f"step_{sel['step']:07d}.safetensors"
+    assert (tmp_path / "k" / "teacher.safetensors").read_bytes() == chosen.read_bytes()
