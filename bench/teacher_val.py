@@ -1,5 +1,5 @@
-"""Score teachers on the *validation* rooms, the way recipes are chosen: linear segmentation probe (fit on train,
-best epoch on val; one seed) and the probe-free diagnostics of `condense_nb.diagnostics`.
+"""Score teachers on the *validation* rooms, the way recipes and snapshots are chosen (`condense_nb.probe_stage.val_scores`):
+linear segmentation probe (fit on train, best epoch on val; one seed) and the probe-free diagnostics of `condense_nb.diagnostics`.
 
     python bench/teacher_val.py --data data/small --teacher NAME=PATH [--teacher NAME=PATH ...] [--random] [--shipped small]
 
@@ -33,21 +33,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1); ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from condense_nb.datasets import RoomViews
     from condense_nb.encoders import DenseEncoder, load_teacher
-    from condense_nb.probes import seg_labels, fit_seg_probe
-    from condense_nb.features import extract_features, fit_whitening, apply_whitening
-    from condense_nb.diagnostics import feature_diagnostics
-    from condense_nb.scenes import CLASSES
+    from condense_nb.probe_stage import ProbeStageConfig, room_views, val_scores
     from condense_nb.core import seed_everything, save_json
-    K = len(CLASSES)
-    def split(name):
-        ds = RoomViews(a.data, name)
-        idx = [i for i in range(len(ds)) if ds.index[i][1] % a.stride == 0]
-        items = [ds[i] for i in idx]
-        return (torch.stack([x["rgb"] for x in items]), seg_labels(torch.stack([x["semantic"] for x in items]), K),
-                torch.tensor([ds.index[i][0] for i in idx]))
-    tr, va = split("train"), split("val")
+    cfg = ProbeStageConfig.from_preset("small", seeds=(0,), epochs=a.epochs, view_stride=a.stride)   # the protocol `choose_snapshot` uses
+    (tr_x, tr_y, _, _), (va_x, va_y, _, va_room) = (room_views(Path(a.data), s, cfg.view_stride) for s in ("train", "val"))
     encs = {}
     for spec in a.teacher:
         name, p = spec.split("=", 1); encs[name] = teacher_from(Path(p))
@@ -58,14 +48,11 @@ def main(argv=None):
     out = {}
     for name, enc in encs.items():
         t0 = time.time()
-        ftr, fva = extract_features(enc, tr[0]), extract_features(enc, va[0])
-        diag = feature_diagnostics(fva, va[1], va[2], K, patch=tr[0].shape[-1] // ftr.shape[-1])
-        W = fit_whitening(ftr, 0.1)
-        _, hist = fit_seg_probe(apply_whitening(ftr, *W), tr[1], apply_whitening(fva, *W), va[1], K, seed=0, epochs=a.epochs, lrs=(3e-3, 3e-2))
-        out[name] = dict(val_mIoU=hist["best"]["val"]["mIoU"], step=getattr(enc, "step", None), **diag)
-        print(f"{name:>24}: val mIoU {100 * out[name]['val_mIoU']:.1f}  purity {100 * diag['purity']['purity']:.1f} "
-              f"balanced {100 * diag['purity']['balanced']:.1f}  room-id {100 * diag['rooms']['top1']:.1f} (chance {100 * diag['rooms']['chance']:.1f})  "
-              f"between-image var {100 * diag['variance']['between']:.1f}%  ({time.time() - t0:.0f} s)", flush=True)
+        got = val_scores(enc, (tr_x, tr_y), (va_x, va_y, va_room), cfg)
+        out[name] = dict(val_mIoU=got.pop("val_mIoU"), step=getattr(enc, "step", None), **got)
+        print(f"{name:>24}: val mIoU {100 * out[name]['val_mIoU']:.1f}  purity {100 * got['purity']['purity']:.1f} "
+              f"balanced {100 * got['purity']['balanced']:.1f}  room-id {100 * got['rooms']['top1']:.1f} (chance {100 * got['rooms']['chance']:.1f})  "
+              f"between-image var {100 * got['variance']['between']:.1f}%  ({time.time() - t0:.0f} s)", flush=True)
     if a.out: save_json(a.out, out)
 
 if __name__ == "__main__": sys.exit(main())

@@ -5,7 +5,7 @@ consistency against the same baselines on the same rooms — and the teacher pre
 
 # %% ../nbs/16_probe_stage.ipynb #79fe8fae
 from __future__ import annotations
-import time
+import json, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
@@ -22,7 +22,8 @@ from .diagnostics import feature_diagnostics
 from .claims import claim_row, update_ledger
 
 # %% auto #0
-__all__ = ['PRESETS', 'ProbeStageConfig', 'check_probe_fields', 'room_views', 'extractors', 'run', 'val_mIoU', 'choose_snapshot']
+__all__ = ['PRESETS', 'ProbeStageConfig', 'check_probe_fields', 'room_views', 'extractors', 'run', 'val_scores',
+           'choose_snapshot']
 
 # %% ../nbs/16_probe_stage.ipynb #820c0f9c
 @dataclass
@@ -142,14 +143,17 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, compare, ledger
     return metrics
 
 # %% ../nbs/16_probe_stage.ipynb #140d7c46
-def val_mIoU(encoder, train: tuple, val: tuple, cfg: ProbeStageConfig) -> float:  # train, val: (rgb [N, 3, H, W], labels [N, H, W])
-    "The score teachers are chosen by: a linear segmentation probe on whitened features, fitted on `train`, epoch and learning rate picked on `val` (seed `cfg.seeds[0]`); its val mIoU."
-    (train_rgb, train_labels), (val_rgb, val_labels) = train, val
+def val_scores(encoder, train: tuple, val: tuple, cfg: ProbeStageConfig) -> dict:  # train: (rgb [N, 3, H, W], labels [N, H, W]); val: the same + room [N]
+    """What a teacher is chosen by, and what it is read with: `val_mIoU`, a linear segmentation probe on whitened features fitted on
+    `train`, its epoch and learning rate picked on `val` (seed `cfg.seeds[0]`); and the probe-free diagnostics of the val features
+    (`diagnostics.feature_diagnostics`: variance between images, room identification, cross-room patch purity)."""
+    (train_rgb, train_labels), (val_rgb, val_labels, val_rooms) = train, val
     train_feats, val_feats = extract_features(encoder, train_rgb), extract_features(encoder, val_rgb)
     white = fit_whitening(train_feats, 0.1)                                            # fitted on train only, as in `run_probes`
     _, hist = fit_seg_probe(apply_whitening(train_feats, *white), train_labels, apply_whitening(val_feats, *white), val_labels,
                             len(CLASSES), seed=cfg.seeds[0], epochs=cfg.epochs, lrs=cfg.lrs)
-    return float(hist["best"]["val"]["mIoU"])
+    return dict(val_mIoU=float(hist["best"]["val"]["mIoU"]),
+                **feature_diagnostics(val_feats, val_labels, val_rooms, len(CLASSES), patch=encoder.patch_size))
 
 def choose_snapshot(teacher_dir, data_root, data_preset: str = "small", cfg: ProbeStageConfig | None = None, progress: bool = True) -> dict:
     """Score a teacher run's snapshots on the val rooms of `data_preset` and make the best the run's teacher.
@@ -158,9 +162,9 @@ def choose_snapshot(teacher_dir, data_root, data_preset: str = "small", cfg: Pro
         teacher_dir: a teacher run folder (`teacher.run`'s `out_dir`); its candidates are `ckpt/snapshots/step_*.safetensors`.
         cfg: the probe protocol (default: the probe stage's preset of `data_preset`).
     Returns:
-        {"scores": {step: val mIoU}, "step": the chosen step, "steps": the schedule's length, "protocol": ...}, also written to
-        `teacher_dir/selection.json`; the chosen snapshot is copied to `teacher_dir/teacher.safetensors` (+ .json, whose meta
-        gains `selected_on_val`)."""
+        {"scores": {step: val mIoU}, "diagnostics": {step: val diagnostics}, "step": the chosen step, "steps": the schedule's
+        length, "protocol": ...}, also written to `teacher_dir/selection.json`; the chosen snapshot is copied to
+        `teacher_dir/teacher.safetensors` (+ .json, whose meta gains `selected_on_val`)."""
     out = Path(teacher_dir)
     cfg = cfg or ProbeStageConfig.from_preset(data_preset if data_preset in PRESETS else "small")
     snaps = {int(p.stem.split("_")[1]): p for p in sorted((out / "ckpt" / "snapshots").glob("step_*.safetensors"))}
@@ -169,23 +173,30 @@ def choose_snapshot(teacher_dir, data_root, data_preset: str = "small", cfg: Pro
     kept = load_json(sel_path) if sel_path.exists() else {}
     protocol = dict(data=data_preset, split="val", probe="linear seg, whitened", seed=cfg.seeds[0], epochs=cfg.epochs, lrs=list(cfg.lrs),
                     view_stride=cfg.view_stride)
-    scores = {int(k): v for k, v in kept.get("scores", {}).items()} if kept.get("protocol") == protocol else {}
+    same = kept.get("protocol") == protocol
+    scores = {int(k): v for k, v in kept.get("scores", {}).items()} if same else {}
+    diags = {int(k): v for k, v in kept.get("diagnostics", {}).items()} if same else {}
     todo = [s for s in snaps if s not in scores]
     with torch_threads(cfg.num_threads):
         if todo:
             root = build_preset(data_preset, root=data_root, progress=False)
-            train, val = (room_views(root, split, cfg.view_stride)[:2] for split in ("train", "val"))
+            (train_rgb, train_labels, _, _), (val_rgb, val_labels, _, val_rooms) = (room_views(root, s, cfg.view_stride) for s in ("train", "val"))
+            train, val = (train_rgb, train_labels), (val_rgb, val_labels, val_rooms)
         for step in todo:
             t0 = time.time()
-            scores[step] = val_mIoU(load_encoder(snaps[step]), train, val, cfg)
-            if progress: print(f"snapshot step {step}: val mIoU {100 * scores[step]:.1f} ({time.time() - t0:.0f} s)", flush=True)
-            save_json(sel_path, dict(protocol=protocol, scores=scores))                # after each: an interrupted choice loses nothing
+            got = val_scores(load_encoder(snaps[step]), train, val, cfg)
+            scores[step], diags[step] = got.pop("val_mIoU"), json.loads(json.dumps(got))   # as stored: lists, None for NaN classes
+            if progress: print(f"snapshot step {step}: val mIoU {100 * scores[step]:.1f}, purity {100 * got['purity']['purity']:.1f} "
+                               f"(balanced {100 * got['purity']['balanced']:.1f}), room id. {100 * got['rooms']['top1']:.1f}, "
+                               f"between-image variance {100 * got['variance']['between']:.1f} % ({time.time() - t0:.0f} s)", flush=True)
+            save_json(sel_path, dict(protocol=protocol, scores=scores, diagnostics=diags))   # after each: an interrupted choice loses nothing
     best = max((s for s in snaps), key=lambda s: (scores[s], -s))                      # ties: the earlier step
     meta = load_json(snaps[best].with_suffix(".json"))
     steps = meta.get("meta", {}).get("steps")
     meta.setdefault("meta", {})["selected_on_val"] = dict(step=best, scores={str(k): scores[k] for k in sorted(scores)}, protocol=protocol)
     atomic_write_bytes(out / "teacher.safetensors", snaps[best].read_bytes())
     save_json(out / "teacher.json", meta)
-    result = dict(protocol=protocol, scores={k: scores[k] for k in sorted(scores)}, step=best, steps=steps)
+    result = dict(protocol=protocol, scores={k: scores[k] for k in sorted(scores)}, diagnostics={k: diags[k] for k in sorted(diags)},
+                  step=best, steps=steps)
     save_json(sel_path, result)
     return result

@@ -3,7 +3,7 @@ import json
 import torch
 import safetensors.torch as st
 from condense_nb import probe_stage
-from condense_nb.probe_stage import ProbeStageConfig, choose_snapshot, val_mIoU, room_views
+from condense_nb.probe_stage import ProbeStageConfig, choose_snapshot, val_scores, room_views
 from condense_nb.encoders import DenseEncoder, save_encoder, load_encoder
 from condense_nb.datasets import build_preset
 from condense_nb.teacher import from_preset, snapshot_path
@@ -25,16 +25,19 @@ def test_choose_snapshot_takes_the_val_best_reads_no_test_room_and_scores_once(t
     _snapshot(run_dir, 3); _snapshot(run_dir, 6, blind=True)         # 6 does not see the image: its probe can learn the layout prior only
     build_preset("tiny", root=tmp_path / "data", progress=False)
     splits_read, calls = [], []
-    real_views, real_score = probe_stage.RoomViews, probe_stage.val_mIoU
+    real_views, real_score = probe_stage.RoomViews, probe_stage.val_scores
     monkeypatch.setattr(probe_stage, "RoomViews", lambda root, split: splits_read.append(split) or real_views(root, split))
-    monkeypatch.setattr(probe_stage, "val_mIoU", lambda *a: calls.append(1) or real_score(*a))
+    monkeypatch.setattr(probe_stage, "val_scores", lambda *a: calls.append(1) or real_score(*a))
     sel = choose_snapshot(run_dir, tmp_path / "data", "tiny", cfg, progress=False)
     assert "test" not in splits_read and set(splits_read) == {"train", "val"}
     # each score is the plain probe on val, recomputed here candidate by candidate; the choice is their argmax
     root = tmp_path / "data" / "tiny"
-    train, val = (room_views(root, s, cfg.view_stride)[:2] for s in ("train", "val"))
+    (tr_x, tr_y, _, _), (va_x, va_y, _, va_room) = (room_views(root, s, cfg.view_stride) for s in ("train", "val"))
     for step in (3, 6):
-        assert abs(real_score(load_encoder(snapshot_path(run_dir / "ckpt", step)), train, val, cfg) - sel["scores"][step]) < 1e-6
+        got = real_score(load_encoder(snapshot_path(run_dir / "ckpt", step)), (tr_x, tr_y), (va_x, va_y, va_room), cfg)
+        assert abs(got["val_mIoU"] - sel["scores"][step]) < 1e-6
+        assert abs(got["purity"]["purity"] - sel["diagnostics"][step]["purity"]["purity"]) < 1e-9     # the val diagnostics beside it
+        assert abs(got["rooms"]["top1"] - sel["diagnostics"][step]["rooms"]["top1"]) < 1e-9
     assert sel["scores"][3] != sel["scores"][6] and sel["step"] == max((3, 6), key=sel["scores"].get) and sel["steps"] == 9
     # (on tiny rooms the image-blind snapshot wins: the layout prior beats a random-init tiny ViT's features)
     # the run's teacher is now the chosen snapshot, and its JSON says so
