@@ -16,7 +16,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     from matplotlib.figure import Figure
     panels = [("val mIoU (%)", lambda r: r["val_mIoU"]), ("balanced cross-room patch purity (%)", lambda r: r["purity"]["balanced"]),
-              ("room identification from mean tokens, top-1 (%; lower: less room code)", lambda r: r["rooms"]["top1"])]
+              ("room id. from mean tokens (%, lower: less room code)", lambda r: r["rooms"]["top1"])]
     fig = Figure(figsize=(13, 3.6), layout="constrained"); axs = fig.subplots(1, len(panels))
     for spec in a.run:
         name, path = spec.split("=", 1)
