@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 from .core import (check_choice, check_int, check_number, preset_config, mean_std, atomic_write_bytes, load_json, save_json,
-                              cosine_schedule, save_checkpoint, load_checkpoint, st_bytes, torch_threads)
+                              cosine_schedule, save_checkpoint, load_checkpoint, st_bytes, torch_threads, tensors_sha)
 from .datasets import RoomScenes
 from .encoder3d import Encoder3D, SegHead3D, fuse_rgbd, scene_aabb, voxel_labels
 from .metrics import SegMetric
@@ -38,7 +38,7 @@ from .pool import PoolConfig, build_pool, pool_rooms, query_set
 # %% auto #0
 __all__ = ['PRESETS', 'CondenseConfig', 'prepare_views', 'prepare_room', 'load_rooms', 'load_pool_rooms', 'load_query_rooms',
            'fit_standardizer', 'build_models', 'make_optimizer', 'Joint', 'train_step', 'train_joint', 'val_corr_acc',
-           'pretrain', 'seg3d_eval', 'finetune_seg3d', 'between_group_share', 'room_code', 'oracle_tokens',
+           'cache_tag', 'pretrain', 'seg3d_eval', 'finetune_seg3d', 'between_group_share', 'room_code', 'oracle_tokens',
            'condense_rooms', 'query_descriptors', 'scene_repository', 'novel_views', 'image_queries', 'text_queries',
            'phrase_keypoints', 'caption_variants', 'seed_std_verdict', 'standing', 'run']
 
@@ -284,20 +284,25 @@ def val_corr_acc(student: nn.Module, val_rooms: list, cfg: CondenseConfig) -> fl
     rooms = [{k: r[k] for k in ("rgb", "depth", "K", "viewmats")} for r in val_rooms]
     return run_consistency(student, rooms, seeds=(0,), gap=2, per_room=cfg.consistency_pairs, max_points=400)["mean"]["corr_acc"]
 
+def cache_tag(teacher: nn.Module, cfg: CondenseConfig, n_pool: int = 0) -> str:
+    "The suffix of every cache name that depends on the teacher: its fingerprint, the `n_pool` pool rooms, the target variant."
+    return (f"_t{tensors_sha(teacher)[:8]}" + (f"_pool{n_pool}" if n_pool else "") + ("_centered" if cfg.center_views else "")
+            + ("_zca" if cfg.whiten else ""))
+
 def pretrain(teacher: nn.Module, joint: Joint, val_rooms: list, cfg: CondenseConfig, out_dir, sweep: bool = True,
              log: Callable = print, tag: str = "") -> tuple[dict, list, float, dict]:
-    """Choose λ_fid on val (if `sweep` and several candidates; scores cached in out_dir/sweep.json), then train to `cfg.steps`: (models, history, lam_fid, sweep scores).
-    `tag` names a variant of the training rooms in the cache names (sweep{tag}.json, pretrain/fid{λ}{tag}), so variants never share a cache."""
+    """Choose λ_fid on val (if `sweep` and several candidates; scores cached in out_dir/sweep{tag}.json), then train to `cfg.steps`: (models, history, lam_fid, sweep scores).
+    `tag` (`cache_tag`) names the teacher and the variant in the cache names (sweep{tag}.json, pretrain/fid{λ}{tag}), so they never share a cache."""
     out_dir = Path(out_dir); sweep_path = out_dir / f"sweep{tag}.json"
     if sweep and len(cfg.lam_fids) > 1:
-        if sweep_path.exists(): scores = load_json(sweep_path)
-        else:
-            scores = {}
-            for lam in cfg.lam_fids:
-                log(f"sweep: lam_fid = {lam}")
-                m, _ = train_joint(teacher, joint, cfg, lam, cfg.sweep_steps, out_dir / "pretrain" / f"fid{lam:g}{tag}", log=log)
-                scores[f"{lam:g}"] = val_corr_acc(m["student"], val_rooms, cfg)
-            save_json(sweep_path, scores)
+        kept = load_json(sweep_path) if sweep_path.exists() else {}
+        for lam in cfg.lam_fids:
+            if f"{lam:g}" in kept: continue                                         # scored before: not repeated
+            log(f"sweep: lam_fid = {lam}")
+            m, _ = train_joint(teacher, joint, cfg, lam, cfg.sweep_steps, out_dir / "pretrain" / f"fid{lam:g}{tag}", log=log)
+            kept[f"{lam:g}"] = val_corr_acc(m["student"], val_rooms, cfg)
+            save_json(sweep_path, kept)                                               # after each: an interruption loses one weight
+        scores = {f"{lam:g}": kept[f"{lam:g}"] for lam in cfg.lam_fids}
         lam_fid = max(cfg.lam_fids, key=lambda l: (scores[f"{l:g}"], l))
     else: scores, lam_fid = {}, cfg.lam_fid
     log(f"val corr. acc. per lam_fid: {scores} -> lam_fid = {lam_fid}")
@@ -531,7 +536,7 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, ledger, keep, s
     # joint training on train (+ pool) rooms, the fidelity weight chosen on val
     t0 = time.time()
     joint = Joint(R["train"] + P, standardize, dcfg.width, dcfg.height, PATCH)
-    tag = (f"_pool{len(P)}" if P else "") + ("_centered" if cfg.center_views else "") + ("_zca" if cfg.whiten else "")   # other rooms or targets: other cache files
+    tag = cache_tag(teacher, cfg, len(P))                                  # another teacher, other rooms or targets: other cache files
     models, history, lam_fid, sweep_res = pretrain(teacher, joint, R["val"], cfg, out, sweep=cfg.sweep, log=say, tag=tag)
     n_pool, joint = len(P), joint._replace(rooms=R["train"])              # the pool rooms' memory goes: nothing after this reads them
     with torch.random.fork_rng():                                        # the pre-training's starting point, the global RNG untouched

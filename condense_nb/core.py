@@ -16,8 +16,9 @@ __all__ = ['TEMP_GLOB', 'CKPT_FORMAT', 'check_tensor', 'check_choice', 'check_sa
            'cosine_schedule', 'mean_std', 'preset_config', 'atomic_write_bytes', 'atomic_write_text', 'save_json',
            'read_text', 'load_json', 'atomic_save_image', 'atomic_savefig', 'is_temp_file', 'remove_temp_files',
            'LockedError', 'lock_holder', 'FolderLock', 'st_bytes', 'optimizer_tensors', 'optimizer_state',
-           'save_checkpoint', 'read_checkpoint', 'check_resume_config', 'load_checkpoint', 'seed_everything',
-           'torch_threads', 'get_device', 'dist_rank_world', 'all_sum', 'all_sum_grads', 'barrier', 'broadcast_']
+           'save_checkpoint', 'read_checkpoint', 'check_resume_config', 'load_checkpoint', 'tensors_sha',
+           'seed_everything', 'torch_threads', 'get_device', 'dist_rank_world', 'all_sum', 'all_sum_grads', 'barrier',
+           'broadcast_']
 
 # %% ../nbs/00_core.ipynb #3d02e560
 def _fmt_shape(shape: Sequence) -> str:
@@ -335,6 +336,14 @@ def load_checkpoint(folder, opt: torch.optim.Optimizer | None = None, device=Non
         return step, {k: v for k, v in tensors.items() if not k.startswith("optim.")}, meta
     raise ValueError(f"{folder}: could not restore {'; nor '.join(bad)}, and no older kept checkpoint is readable; "
                      f"remove {folder} to start from step 0")
+
+# %% ../nbs/00_core.ipynb #1a419f5a
+def tensors_sha(module: torch.nn.Module) -> str:
+    "A fingerprint of a module's tensors (not a file's bytes), for cache keys and stale-checkpoint checks."
+    import hashlib
+    h = hashlib.sha1()
+    for k, v in sorted(module.state_dict().items()): h.update(k.encode()); h.update(v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 # %% ../nbs/00_core.ipynb #35e5a739
 def seed_everything(seed: int) -> None:

@@ -5,13 +5,14 @@ their renders (Stage 2), probe the teacher, the fine-tuned model and their combi
 
 # %% ../nbs/23_fit3d.ipynb #2629e279
 from __future__ import annotations
-import hashlib, json, math, time
+import json, math, time
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from .core import save_json, load_json, atomic_write_text, atomic_write_bytes, get_device, preset_config, check_int, torch_threads
+from .core import (save_json, load_json, atomic_write_text, atomic_write_bytes, get_device, preset_config, check_int, torch_threads,
+                              tensors_sha)
 from .datasets import build_preset, RoomScenes
 from .encoders import DenseEncoder, load_encoder, save_encoder
 from .lifting import LiftConfig, lift_scenes, load_gaussians
@@ -24,9 +25,9 @@ from .claims import claim_row, update_ledger, ledger_precondition
 from .scenes import CLASSES
 
 # %% auto #0
-__all__ = ['PRESETS', 'LIFT_SCRIPT', 'VARIANTS', 'PAPER_DEPTH', 'POS_VARIANTS', 'METRICS', 'PAPER', 'Fit3DConfig', 'tensors_sha',
-           'lift_views', 'lift_from_spec', 'stage1', 'lr_search_dir', 'stage2', 'choose_finetune_lr', 'ClsOnly',
-           'pca_fusion', 'variant_features', 'compare', 'run']
+__all__ = ['PRESETS', 'LIFT_SCRIPT', 'VARIANTS', 'PAPER_DEPTH', 'POS_VARIANTS', 'METRICS', 'PAPER', 'Fit3DConfig', 'lift_views',
+           'lift_from_spec', 'stage1', 'lr_search_dir', 'stage2', 'choose_finetune_lr', 'ClsOnly', 'pca_fusion',
+           'variant_features', 'compare', 'run']
 
 # %% ../nbs/23_fit3d.ipynb #86aaed0d
 @dataclass
@@ -70,12 +71,6 @@ PRESETS = dict(
     full=dict(preset="full", view_stride=1, epochs=30, lrs=(1e-3, 1e-2, 1e-1), finetune_lrs=(1e-5, 3e-5, 1e-4)))
 
 # %% ../nbs/23_fit3d.ipynb #279d21aa
-def tensors_sha(module: nn.Module) -> str:
-    "A fingerprint of a module's tensors (not a file's bytes), for cache keys and stale-checkpoint checks."
-    h = hashlib.sha1()
-    for k, v in sorted(module.state_dict().items()): h.update(k.encode()); h.update(v.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
 def lift_views(rooms: RoomScenes, sid: str, seed: int | None = None, device=None) -> dict:
     "Views of train room `sid` (rgb [V,H,W,3], depth [V,H,W], K [V,3,3], viewmat [V,4,4]); with `seed`, torch's global RNG is seeded per room first."
     i = rooms.scene_ids.index(sid)

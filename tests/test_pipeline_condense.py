@@ -74,13 +74,15 @@ def test_condense_pipeline_writes_artifacts(tiny_run):
         assert (out / fig).stat().st_size > 1000 and f"]({fig})" in report
     # artifacts others can load: the ConDense 2D encoder and the 3D encoder
     from condense_nb.encoders import load_encoder
-    enc = load_encoder(out / "condense2d.safetensors")
-    assert enc.embed_dim == 48 and enc.patch_size == 8
+    from condense_nb.core import tensors_sha
+    assert (s := load_encoder(out / "condense2d.safetensors")).embed_dim == 48 and s.patch_size == 8
+    enc = load_encoder(teacher)
     # joint training ran on the 4 train rooms and the first 8 rooms of the unlabelled pool, with per-view centred, whitened tokens, in caches named for them
     assert m["n_pool_rooms"] == 8 and m["config"]["pool_rooms"] == 8 and m["config"]["center_views"] and m["config"]["whiten"] and m["n_train_rooms"] == 4
-    assert (out / "encoder3d.safetensors").stat().st_size > 1000 and (out / "pretrain" / f"fid{m['lam_fid']:g}_pool8_centered_zca" / "latest.json").exists()
-    assert (out / "sweep_pool8_centered_zca.json").exists() and not (out / "sweep.json").exists()
-    assert all(p.name.startswith(("pretrained_pool8_centered_zca_", "scratch_", "oracle_")) for p in (out / "seg").glob("*.json"))
+    tag = f"_t{tensors_sha(enc)[:8]}_pool8_centered_zca"             # ... and named for the teacher: its weights' fingerprint
+    assert (out / "encoder3d.safetensors").stat().st_size > 1000 and (out / "pretrain" / f"fid{m['lam_fid']:g}{tag}" / "latest.json").exists()
+    assert (out / f"sweep{tag}.json").exists() and not (out / "sweep.json").exists()
+    assert all(p.name.startswith((f"pretrained{tag}_", "scratch_", "oracle_")) for p in (out / "seg").glob("*.json"))
     assert all(math.isfinite(x) for x in m["final_losses"].values() if isinstance(x, float))
 
 
@@ -89,7 +91,8 @@ def test_condense_pipeline_writes_artifacts(tiny_run):
 def test_condense_pipeline_rerun_resumes(tiny_run):
     tmp_path, out, teacher = tiny_run
     before = json.loads((out / "metrics.json").read_text())
-    stamps = {p: p.stat().st_mtime for p in [*(out / "pretrain").rglob("step_*.safetensors"), *(out / "seg").glob("*.json"), out / "sweep_pool8_centered_zca.json"]}
+    stamps = {p: p.stat().st_mtime for p in [*(out / "pretrain").rglob("step_*.safetensors"), *(out / "seg").glob("*.json"), *out.glob("sweep_t*_pool8_centered_zca.json")]}
+    assert sum(p.name.startswith("sweep_t") for p in stamps) == 1  # the sweep's scores are among them
     run_pipeline(tmp_path, out, teacher)
     after = json.loads((out / "metrics.json").read_text())
     assert {p: p.stat().st_mtime for p in stamps} == stamps          # no checkpoint or fine-tuning run was redone
