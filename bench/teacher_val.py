@@ -52,6 +52,7 @@ def main(argv=None):
         out[name] = dict(val_mIoU=got.pop("val_mIoU"), step=getattr(enc, "step", None), **got)
         print(f"{name:>24}: val mIoU {100 * out[name]['val_mIoU']:.1f}  purity {100 * got['purity']['purity']:.1f} "
               f"balanced {100 * got['purity']['balanced']:.1f}  room-id {100 * got['rooms']['top1']:.1f} (chance {100 * got['rooms']['chance']:.1f})  "
+              f"(layout tokens {100 * got['rooms_by_tokens']['layout']['top1']:.1f}, object tokens {100 * got['rooms_by_tokens']['objects']['top1']:.1f})  "
               f"between-image var {100 * got['variance']['between']:.1f}%  ({time.time() - t0:.0f} s)", flush=True)
     if a.out: save_json(a.out, out)
 

@@ -99,7 +99,10 @@ def update_ledger(path, stage: str, rows: list[dict]) -> list[dict]:
         if r["verdict"] not in VERDICTS: raise ValueError(f"rows[{i}]: unknown verdict {r['verdict']!r}")
     path = Path(path)
     with FolderLock(path.with_name(f".{path.name}.lock"), "the claims ledger", wait=120):   # read-modify-write, so writers queue
-        ledger = [r for r in read_ledger(path) if r["stage"] != stage] + list(rows)
+        old = read_ledger(path)
+        at = next((i for i, r in enumerate(old) if r["stage"] == stage), len(old))     # where the stage's rows stood
+        before = [r for r in old[:at] if r["stage"] != stage]
+        ledger = before + list(rows) + [r for r in old[at:] if r["stage"] != stage]
         save_json(path, ledger)
     return ledger
 

@@ -41,17 +41,25 @@ def variance_share(feats) -> dict:  # feats [N, C, h, w]
     return dict(between=float(between / total), within=float(within / total))
 
 # %% ../nbs/14_diagnostics.ipynb #882b76b6
-def room_identification(feats, room_ids) -> dict:  # feats [N, C, h, w], room_ids [N]
-    "Leave-one-out nearest-neighbour room identification from mean tokens: top-1 accuracy and its chance level."
-    f = check_tensor(feats, "feats", (None, None, None, None)).double().mean((2, 3))   # [N, C]
+def room_identification(feats, room_ids, mask=None) -> dict:  # feats [N, C, h, w], room_ids [N], mask [N, h, w] bool
+    "Leave-one-out nearest-neighbour room identification from mean tokens (over `mask`'s tokens): top-1, chance, views used."
+    f = check_tensor(feats, "feats", (None, None, None, None)).double()
     r = torch.as_tensor(room_ids).long()
     if r.shape != (len(f),): raise ValueError(f"room_ids: expected shape [{len(f)}], got {list(r.shape)}")
+    if mask is None: f = f.mean((2, 3))                                               # [N, C]
+    else:
+        m = check_tensor(mask, "mask", (f.shape[0], f.shape[2], f.shape[3]), dtype=torch.bool)
+        n_tok = m.flatten(1).sum(1)                                                   # [N] selected tokens per view
+        keep = n_tok > 0
+        if keep.sum() < 2: raise ValueError(f"mask: selects tokens in {int(keep.sum())} view(s); need at least 2")
+        f = ((f * m[:, None]).flatten(2).sum(2) / n_tok.clamp(min=1)[:, None])[keep]  # [N', C] mean of the selected tokens
+        r = r[keep]
     f = F.normalize(f - f.mean(0), dim=1)
     sim = f @ f.T
     sim.fill_diagonal_(-float("inf"))
     same = r[sim.argmax(1)] == r
     n_same = (r[:, None] == r[None, :]).sum(1) - 1
-    return dict(top1=float(same.double().mean()), chance=float((n_same.double() / (len(r) - 1)).mean()))
+    return dict(top1=float(same.double().mean()), chance=float((n_same.double() / (len(r) - 1)).mean()), views=len(r))
 
 # %% ../nbs/14_diagnostics.ipynb #8387a2a0
 def patch_purity(feats, labels, room_ids, num_classes: int, max_queries: int = 4000, max_database: int = 40000,
@@ -82,14 +90,21 @@ def patch_purity(feats, labels, room_ids, num_classes: int, max_queries: int = 4
     return dict(purity=float(hit.double().mean()), balanced=float(np.mean(present)), per_class=per, queries=len(q), database=len(db))
 
 # %% ../nbs/14_diagnostics.ipynb #33f61a4e
-def feature_diagnostics(feats, semantic, room_ids, num_classes: int, patch: int, **purity_kwargs) -> dict:  # feats [N,C,h,w], semantic [N,H,W]
-    "variance_share, room_identification and patch_purity of one split's features, in one dict."
+def feature_diagnostics(feats, semantic, room_ids, num_classes: int, patch: int, layout_classes=(),
+                        **purity_kwargs) -> dict:  # feats [N,C,h,w], semantic [N,H,W]
+    "variance_share, room_identification (+ by layout and object tokens, given `layout_classes`) and patch_purity, in one dict."
     f = check_tensor(feats, "feats", (None, None, None, None))
-    y = patch_labels(semantic, patch, num_classes)
+    y = patch_labels(semantic, patch, num_classes)                                   # [N, h, w], IGNORE where mixed
     if y.shape[-2:] != f.shape[-2:]:
         raise ValueError(f"semantic: its {patch}-pixel patches make a {tuple(y.shape[-2:])} grid, the features have {tuple(f.shape[-2:])}")
-    return dict(variance=variance_share(f), rooms=room_identification(f, room_ids),
-                purity=patch_purity(f, y, room_ids, num_classes, **purity_kwargs))
+    out = dict(variance=variance_share(f), rooms=room_identification(f, room_ids),
+               purity=patch_purity(f, y, room_ids, num_classes, **purity_kwargs))
+    if len(layout_classes):
+        is_layout = torch.isin(y, torch.as_tensor(list(layout_classes)))              # [N, h, w]
+        is_object = (y != IGNORE) & ~is_layout
+        out["rooms_by_tokens"] = dict(layout=room_identification(f, room_ids, mask=is_layout),
+                                      objects=room_identification(f, room_ids, mask=is_object))
+    return out
 
 # %% ../nbs/14_diagnostics.ipynb #ce55534a
 def view_pairs(n_views: int, gap: int = 2, per_room: int = 4) -> list[tuple[int, int]]:

@@ -21,8 +21,10 @@ from .scenes import CLASSES
 from .diagnostics import feature_diagnostics
 from .claims import claim_row, update_ledger
 
+LAYOUT = tuple(CLASSES.index(c) for c in ("floor", "wall", "ceiling"))   # the room's shell: its palette and shape, no objects
+
 # %% auto #0
-__all__ = ['PRESETS', 'ProbeStageConfig', 'check_probe_fields', 'room_views', 'extractors', 'run', 'val_scores',
+__all__ = ['LAYOUT', 'PRESETS', 'ProbeStageConfig', 'check_probe_fields', 'room_views', 'extractors', 'run', 'val_scores',
            'choose_snapshot']
 
 # %% ../nbs/16_probe_stage.ipynb #820c0f9c
@@ -122,7 +124,8 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, compare, ledger
         results_pos[n] = run_probes(None, splits, len(CLASSES), seeds=seeds, features=feats[n], seg_kwargs=pos_kw, depth_kwargs=pos_kw)
     probe_pos_seconds = time.time() - t0
     # objects or rooms: probe-free diagnostics, and the probes' IoU per class
-    diagnostics = {n: feature_diagnostics(feats[n]["test"], splits["test"][1], test_rooms, len(CLASSES), patch=teacher.patch_size) for n in fns}
+    diagnostics = {n: feature_diagnostics(feats[n]["test"], splits["test"][1], test_rooms, len(CLASSES), patch=teacher.patch_size,
+                                          layout_classes=LAYOUT) for n in fns}
     iou = {n: np.array([[np.nan if v is None else v for v in r["IoU_per_class"]] for r in results[n]["seg"]["per_seed"]]) for n in fns}
     present = [k for k in range(len(CLASSES)) if not np.isnan(iou["teacher"][:, k]).all()]
     # multi-view consistency on the test rooms
@@ -153,7 +156,7 @@ def val_scores(encoder, train: tuple, val: tuple, cfg: ProbeStageConfig) -> dict
     _, hist = fit_seg_probe(apply_whitening(train_feats, *white), train_labels, apply_whitening(val_feats, *white), val_labels,
                             len(CLASSES), seed=cfg.seeds[0], epochs=cfg.epochs, lrs=cfg.lrs)
     return dict(val_mIoU=float(hist["best"]["val"]["mIoU"]),
-                **feature_diagnostics(val_feats, val_labels, val_rooms, len(CLASSES), patch=encoder.patch_size))
+                **feature_diagnostics(val_feats, val_labels, val_rooms, len(CLASSES), patch=encoder.patch_size, layout_classes=LAYOUT))
 
 def choose_snapshot(teacher_dir, data_root, data_preset: str = "small", cfg: ProbeStageConfig | None = None, progress: bool = True) -> dict:
     """Score a teacher run's snapshots on the val rooms of `data_preset` and make the best the run's teacher.
