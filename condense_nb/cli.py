@@ -503,8 +503,20 @@ def reproduce(preset: str, root="data", runs="runs", only=None, force: bool = Fa
         done = (read_done(run_dir/s) or {}).get("parameters")
         return {**base(s), **{k: v for k, v in (done if isinstance(done, dict) else {}).items() if k not in base(s)}}
     extra = lambda s: [Path(t.format(**params(s))).resolve() for t in outputs.get(s, ())]
-    upstream = lambda s: tuple(depends.get(s, ())) if depends is not None else tuple(order[:order.index(s)])
-    inputs = lambda s: {u: outputs_digest(run_dir/u) for u in upstream(s)}
+    def teacher_file(s) -> Path | None:
+        "The teacher file a stage was given (`--set STAGE.teacher_path=...`, relative paths from the pipelines folder as the notebook reads them)."
+        tp = params(s).get("teacher_path")
+        return None if not tp else (Path(tp).expanduser() if Path(tp).expanduser().is_absolute() else pdir/tp)
+    def upstream(s):
+        ups = tuple(depends.get(s, ())) if depends is not None else tuple(order[:order.index(s)])
+        return tuple(u for u in ups if not (u == "teacher" and teacher_file(s)))   # a given teacher file stands in for the teacher stage
+    def inputs(s):
+        got = {u: outputs_digest(run_dir/u) for u in upstream(s)}
+        if (f := teacher_file(s)) is not None: got["teacher_path"] = file_sha256(f) if f.is_file() else None   # its bytes, not its name
+        return got
+    for s in selected:
+        if (f := teacher_file(s)) is not None and not f.is_file():
+            raise UsageError(f"--set {s}.teacher_path: {f}: file not found; expected a teacher.safetensors")
     status = lambda s: stage_status(run_dir/s, pdir/nbs[s], params(s), inputs(s), extra(s)) if (pdir/nbs[s]).is_file() \
                        else f"its notebook {pdir/nbs[s]} is missing"
     lock = lambda s: run_dir/f".{s}.lock"

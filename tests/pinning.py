@@ -3,7 +3,7 @@
 
 A change of behaviour — a preset, a loss, a data path, an off-by-one in a split — moves these numbers; a refactoring must
 not. The tests run torch single-threaded (conftest.py), so on one torch version the numbers repeat to the last bit and
-are compared with a tolerance of 1e-6 (relative). The pins are kept per environment: the torch and NumPy versions and
+are compared with a tolerance of 1e-6 (relative). The pins are kept per environment: the torch and NumPy versions, the CPU model and
 the CPU kernels torch dispatches to. Another environment rounds differently (AVX2 vs AVX512; `precision="auto"` also
 trains the teacher in bfloat16 on AVX512), and a tiny run turns those last bits into other discrete outcomes (an SVM
 accuracy over 24 shapes moves by 1/24, a class appears in a split), so no tolerance could compare across environments:

@@ -153,6 +153,27 @@ def test_depends_limit_staleness_to_what_a_stage_reads(tmp_path):
 
 @pytest.mark.kernel
 @pytest.mark.timeout(120)
+def test_a_given_teacher_file_stands_in_for_the_teacher_stage(tmp_path):
+    "`--set probes.teacher_path=F`: the stage no longer needs the teacher stage, and F's bytes (not its name) decide staleness."
+    kw = setup(tmp_path, {"teacher": BETA, "probes": BETA})
+    nb = nbformat.read(tmp_path/"pipelines/01_probes.ipynb", as_version=4)
+    nb.cells[1].source += '\nteacher_path = ""'; nbformat.write(nb, tmp_path/"pipelines/01_probes.ipynb")
+    kw["depends"] = dict(probes=("teacher",))
+    with pytest.raises(cli.UsageError, match="reads stage 'teacher'"):          # no teacher file: the teacher stage must be done
+        cli.reproduce("tiny", only="probes", **kw)
+    with pytest.raises(cli.UsageError, match="teacher_path: .*missing.safetensors: file not found"):
+        cli.reproduce("tiny", only="probes", settings=[f"probes.teacher_path={tmp_path/'missing.safetensors'}"], **kw)
+    f = tmp_path/"t.safetensors"; f.write_bytes(b"weights 1")
+    given = dict(only="probes", settings=[f"probes.teacher_path={f}"])
+    assert cli.reproduce("tiny", **given, **kw) == 0
+    assert (count(tmp_path, "teacher"), count(tmp_path, "probes")) == (0, 1)
+    assert cli.reproduce("tiny", **given, **kw) == 0 and count(tmp_path, "probes") == 1      # up to date
+    f.write_bytes(b"weights 2")                                                   # the same name, other weights: it reruns
+    assert cli.reproduce("tiny", **given, **kw) == 0 and count(tmp_path, "probes") == 2
+
+
+@pytest.mark.kernel
+@pytest.mark.timeout(120)
 def test_rerun_skips_done_stages(tmp_path, capsys):
     kw = setup(tmp_path, {"alpha": ALPHA, "beta": BETA})
     assert cli.reproduce("tiny", **kw) == 0
