@@ -33,7 +33,7 @@ def main(argv=None):
     from condense_nb.diagnostics import feature_diagnostics
     from condense_nb.claims import claim_row, claims_table
     from condense_nb.scenes import CLASSES
-    from condense_nb.probe_stage import ProbeStageConfig, room_views, extractors, LAYOUT
+    from condense_nb.probe_stage import ProbeStageConfig, stage_splits, seed_class_iou, extractors, LAYOUT
     probes = Path(a.probes)
     if not probes.is_file(): sys.exit(f"--probes {probes}: file not found")
     m = load_json(probes)
@@ -43,8 +43,7 @@ def main(argv=None):
     cfg = ProbeStageConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in m["config"].items()})
     seeds, probe_kw = list(cfg.seeds), dict(epochs=cfg.epochs, lrs=cfg.lrs)
     root = build_preset(m["preset"], root=a.data, progress=False)
-    views = {"train": room_views(root, "train", cfg.view_stride), "val": room_views(root, "val", cfg.view_stride), "test": room_views(root, "test")}
-    splits, test_rooms = {s: v[:3] for s, v in views.items()}, views["test"][3]
+    splits, test_rooms = stage_splits(root, cfg)
     t0 = time.time()
     feats = {s: extract_features(enc, splits[s][0]) for s in splits}
     res = run_probes(None, splits, len(CLASSES), seeds=seeds, features=feats, seg_kwargs=probe_kw, depth_kwargs=probe_kw, units=test_rooms)
@@ -60,7 +59,7 @@ def main(argv=None):
               claim_row(f"{name} holds more depth than a random network", "test depth RMSE (m)", name, "random-init ViT",
                         unit_scores(res, "depth", "rmse")[1], unit_scores(base, "depth", "rmse")[1], direction=-1, **common)]
     print(); print(claims_table(claims))
-    iou = np.array([[np.nan if v is None else v for v in r["IoU_per_class"]] for r in res["seg"]["per_seed"]])
+    iou = seed_class_iou(res)
     per_class = {c: None if np.isnan(iou[:, k]).all() else float(np.nanmean(iou[:, k])) for k, c in enumerate(CLASSES)}
     print("\nIoU per class (%):", ", ".join(f"{c} {100 * v:.1f}" for c, v in per_class.items() if v is not None))
     diag = lambda f: feature_diagnostics(f, splits["test"][1], test_rooms, len(CLASSES), patch=enc.patch_size, layout_classes=LAYOUT)

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 # %% auto #0
-__all__ = ['PRESETS', 'PIPELINES', 'DEPENDS', 'OUTPUTS', 'DONE_FORMAT', 'UsageError', 'repo_root', 'find_pipelines_dir',
-           'select_stages', 'file_sha256', 'imported_modules', 'library_files', 'output_manifest', 'manifest_changes',
-           'read_done', 'outputs_digest', 'stage_status', 'stage_is_done', 'code_state', 'mark_done', 'owned_processes',
-           'kill_owned', 'owned_children', 'run_stage', 'rewrite_links', 'git_commit', 'machine_info', 'fmt_duration',
-           'write_report', 'check_threads', 'writable_folder', 'notebook_parameters', 'stage_settings', 'reproduce',
-           'ship_teacher', 'build_parser', 'main']
+__all__ = ['PRESETS', 'PIPELINES', 'DEPENDS', 'OUTPUTS', 'STAND_INS', 'DONE_FORMAT', 'UsageError', 'repo_root',
+           'find_pipelines_dir', 'select_stages', 'file_sha256', 'imported_modules', 'library_files', 'output_manifest',
+           'manifest_changes', 'read_done', 'outputs_digest', 'stage_status', 'stage_is_done', 'code_state',
+           'mark_done', 'owned_processes', 'kill_owned', 'owned_children', 'run_stage', 'rewrite_links', 'git_commit',
+           'machine_info', 'fmt_duration', 'write_report', 'check_threads', 'writable_folder', 'notebook_parameters',
+           'stage_settings', 'reproduce', 'ship_teacher', 'build_parser', 'main']
 
 # %% ../nbs/06_cli.ipynb #840649ca
 PRESETS = ("tiny", "small", "full")
@@ -36,6 +36,10 @@ DEPENDS: dict[str, tuple[str, ...]] = dict(teacher=("data",), probes=("data", "t
 # What a stage writes outside its own folder `runs/<preset>/<stage>/` (templates over its parameters): checksummed
 # in its DONE.json like its own files, locked while it runs, cleaned of leftover temporary files before it runs.
 OUTPUTS: dict[str, tuple[str, ...]] = dict(data=("{data_root}/{preset}",))
+
+# Parameters that, when a stage is given one, name a file standing in for an upstream stage's output: the stage then does
+# not read that stage, and the file's sha256 is among its inputs (`--set probes.teacher_path=/abs/teacher.safetensors`).
+STAND_INS: dict[str, str] = dict(teacher_path="teacher")
 
 class UsageError(ValueError):
     "A bad command-line request (unknown preset or stage, a bad folder or thread count, a missing prerequisite): one line, exit code 2."
@@ -503,20 +507,18 @@ def reproduce(preset: str, root="data", runs="runs", only=None, force: bool = Fa
         done = (read_done(run_dir/s) or {}).get("parameters")
         return {**base(s), **{k: v for k, v in (done if isinstance(done, dict) else {}).items() if k not in base(s)}}
     extra = lambda s: [Path(t.format(**params(s))).resolve() for t in outputs.get(s, ())]
-    def teacher_file(s) -> Path | None:
-        "The teacher file a stage was given (`--set STAGE.teacher_path=...`, relative paths from the pipelines folder as the notebook reads them)."
-        tp = params(s).get("teacher_path")
-        return None if not tp else (Path(tp).expanduser() if Path(tp).expanduser().is_absolute() else pdir/tp)
+    def given_files(s) -> dict[str, Path]:
+        "{parameter: file} of the `STAND_INS` parameters stage `s` was given (relative paths from the pipelines folder, as its notebook reads them)."
+        files = {k: Path(params(s)[k]).expanduser() for k in STAND_INS if params(s).get(k)}
+        return {k: p if p.is_absolute() else pdir/p for k, p in files.items()}
     def upstream(s):
         ups = tuple(depends.get(s, ())) if depends is not None else tuple(order[:order.index(s)])
-        return tuple(u for u in ups if not (u == "teacher" and teacher_file(s)))   # a given teacher file stands in for the teacher stage
-    def inputs(s):
-        got = {u: outputs_digest(run_dir/u) for u in upstream(s)}
-        if (f := teacher_file(s)) is not None: got["teacher_path"] = file_sha256(f) if f.is_file() else None   # its bytes, not its name
-        return got
+        return tuple(u for u in ups if u not in {STAND_INS[k] for k in given_files(s)})   # a given file stands in for its stage
+    inputs = lambda s: {**{u: outputs_digest(run_dir/u) for u in upstream(s)},
+                        **{k: file_sha256(f) if f.is_file() else None for k, f in given_files(s).items()}}   # its bytes, not its name
     for s in selected:
-        if (f := teacher_file(s)) is not None and not f.is_file():
-            raise UsageError(f"--set {s}.teacher_path: {f}: file not found; expected a teacher.safetensors")
+        for k, f in given_files(s).items():
+            if not f.is_file(): raise UsageError(f"--set {s}.{k}: {f}: file not found; expected the file that stands in for the {STAND_INS[k]} stage")
     status = lambda s: stage_status(run_dir/s, pdir/nbs[s], params(s), inputs(s), extra(s)) if (pdir/nbs[s]).is_file() \
                        else f"its notebook {pdir/nbs[s]} is missing"
     lock = lambda s: run_dir/f".{s}.lock"

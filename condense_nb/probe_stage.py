@@ -24,8 +24,8 @@ from .claims import claim_row, update_ledger
 LAYOUT = tuple(CLASSES.index(c) for c in ("floor", "wall", "ceiling"))   # the room's shell: its palette and shape, no objects
 
 # %% auto #0
-__all__ = ['LAYOUT', 'PRESETS', 'ProbeStageConfig', 'check_probe_fields', 'room_views', 'extractors', 'run', 'val_scores',
-           'choose_snapshot']
+__all__ = ['LAYOUT', 'PRESETS', 'ProbeStageConfig', 'check_probe_fields', 'room_views', 'stage_splits', 'seed_class_iou',
+           'extractors', 'run', 'val_scores', 'choose_snapshot']
 
 # %% ../nbs/16_probe_stage.ipynb #820c0f9c
 @dataclass
@@ -67,6 +67,15 @@ def room_views(root, split: str, stride: int = 1) -> tuple[Tensor, Tensor, Tenso
     return (torch.stack([x["rgb"] for x in items]), seg_labels(torch.stack([x["semantic"] for x in items]), len(CLASSES)),
             torch.stack([x["depth"] for x in items]), torch.tensor([ds.index[i][0] for i in idx]))
 
+def stage_splits(root, cfg: ProbeStageConfig) -> tuple[dict, Tensor]:
+    "The stage's views: {split: (rgb, labels, depth)} (train and val every `cfg.view_stride`-th view, test all of them) and the test views' room index [N]."
+    views = {"train": room_views(root, "train", cfg.view_stride), "val": room_views(root, "val", cfg.view_stride), "test": room_views(root, "test")}
+    return {s: v[:3] for s, v in views.items()}, views["test"][3]
+
+def seed_class_iou(result: dict) -> np.ndarray:  # -> [seeds, classes], NaN where a class was never scored
+    "Each probe seed's test IoU per class of a `run_probes` result."
+    return np.array([[np.nan if v is None else v for v in r["IoU_per_class"]] for r in result["seg"]["per_seed"]])
+
 def extractors(teacher: DenseEncoder, compare: dict | None = None) -> dict:
     "The feature extractors the stage compares: RGB pixels on the teacher's patch grid, the same ViT at random init (seeded), the teacher, then `compare`."
     cfg = teacher.config
@@ -93,9 +102,7 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, compare, ledger
     say = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
     seeds, probe_kw = list(cfg.seeds), dict(epochs=cfg.epochs, lrs=cfg.lrs)
     root = build_preset(data_preset, root=data_root, progress=False)
-    views = {"train": room_views(root, "train", cfg.view_stride), "val": room_views(root, "val", cfg.view_stride), "test": room_views(root, "test")}
-    splits = {s: v[:3] for s, v in views.items()}
-    test_rooms = views["test"][3]
+    splits, test_rooms = stage_splits(root, cfg)
     fns = extractors(teacher, compare)
     # probes, plain heads: features once per extractor and split, for both protocols
     t0 = time.time()
@@ -126,7 +133,7 @@ def _run(cfg, data_root, out, teacher, teacher_src, data_preset, compare, ledger
     # objects or rooms: probe-free diagnostics, and the probes' IoU per class
     diagnostics = {n: feature_diagnostics(feats[n]["test"], splits["test"][1], test_rooms, len(CLASSES), patch=teacher.patch_size,
                                           layout_classes=LAYOUT) for n in fns}
-    iou = {n: np.array([[np.nan if v is None else v for v in r["IoU_per_class"]] for r in results[n]["seg"]["per_seed"]]) for n in fns}
+    iou = {n: seed_class_iou(results[n]) for n in fns}
     present = [k for k in range(len(CLASSES)) if not np.isnan(iou["teacher"][:, k]).all()]
     # multi-view consistency on the test rooms
     scenes = RoomScenes(root, "test")
