@@ -309,7 +309,8 @@ def test_locks(tmp_path, capsys, monkeypatch):
 SLOW = 'import time\ntime.sleep(float(__import__("os").environ.get("STAGE_SLEEP", "0")))\n' + SAME
 
 RUNNER = """
-import sys, json
+import sys, json, signal
+signal.signal(signal.SIGINT, signal.SIG_DFL)   # a shell's background job starts with SIGINT ignored, which the CLI honours (nohup); these tests send it
 from pathlib import Path
 from condense_nb import cli
 kw = json.loads(sys.argv[1])
