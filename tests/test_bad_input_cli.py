@@ -308,9 +308,11 @@ def test_locks(tmp_path, capsys, monkeypatch):
 
 SLOW = 'import time\ntime.sleep(float(__import__("os").environ.get("STAGE_SLEEP", "0")))\n' + SAME
 
-RUNNER = """
-import sys, json, signal
-signal.signal(signal.SIGINT, signal.SIG_DFL)   # a shell's background job starts with SIGINT ignored, which the CLI honours (nohup); these tests send it
+# a shell's background job starts with SIGINT ignored, which the CLI honours (nohup); the runners these tests signal restore it
+SIGINT_DEFAULT = "import signal; signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+
+RUNNER = SIGINT_DEFAULT + """
+import sys, json
 from pathlib import Path
 from condense_nb import cli
 kw = json.loads(sys.argv[1])
@@ -406,7 +408,7 @@ def test_kill_and_resume_tiny(tmp_path):
     common = dict(root=tmp_path/"data", only="data,teacher", progress=False, log_output=False)
     assert cli.reproduce("tiny", runs=tmp_path/"ref", **common) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.Popen([sys.executable, "-c", "import sys; from condense_nb.cli import main; sys.exit(main(sys.argv[1:]))",
+    run = subprocess.Popen([sys.executable, "-c", SIGINT_DEFAULT + "import sys; from condense_nb.cli import main; sys.exit(main(sys.argv[1:]))",
                             "reproduce", "--preset", "tiny", "--only", "data,teacher", "--root", str(tmp_path/"data"),
                             "--runs", str(tmp_path/"killed")], cwd=ROOT, env=env, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
