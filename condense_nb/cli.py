@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 # %% auto #0
-__all__ = ['PRESETS', 'PIPELINES', 'DEPENDS', 'OUTPUTS', 'STAND_INS', 'DONE_FORMAT', 'UsageError', 'repo_root',
+__all__ = ['PRESETS', 'PIPELINES', 'DEPENDS', 'OUTPUTS', 'STAND_INS', 'DONE_FORMAT', 'PUBLISH_SKIP', 'UsageError', 'repo_root',
            'find_pipelines_dir', 'select_stages', 'file_sha256', 'imported_modules', 'library_files', 'output_manifest',
            'manifest_changes', 'read_done', 'outputs_digest', 'stage_status', 'stage_is_done', 'code_state',
            'mark_done', 'owned_processes', 'kill_owned', 'owned_children', 'run_stage', 'rewrite_links', 'git_commit',
            'machine_info', 'fmt_duration', 'write_report', 'check_threads', 'writable_folder', 'notebook_parameters',
-           'stage_settings', 'reproduce', 'ship_teacher', 'build_parser', 'main']
+           'stage_settings', 'reproduce', 'ship_teacher', 'rewrite_claims_block', 'published_records', 'publish',
+           'build_parser', 'main']
 
 # %% ../nbs/06_cli.ipynb #840649ca
 PRESETS = ("tiny", "small", "full")
@@ -608,22 +609,76 @@ def _cmd_ship_teacher(args) -> int:
     _say(f"shipped {dst} ({dst.stat().st_size / 1e6:.1f} MB) and {dst.with_suffix('.json').name}")
     return 0
 
-def _cmd_claims(args) -> int:
-    "Print a claims ledger as a markdown table, or (with --readme) rewrite that file's claims block from it."
+def rewrite_claims_block(readme, name: str, ledger) -> bool:
+    "Rewrite the `<!-- claims:name -->` block of the markdown file `readme` from the claims ledger `ledger` (atomically); True if it changed."
     from condense_nb.claims import read_ledger, claims_table, replace_block
     from condense_nb.core import atomic_write_text
+    readme, table = Path(readme), claims_table(read_ledger(ledger))
+    try: text = readme.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e: raise ValueError(f"{readme}: cannot read it as UTF-8 text ({e})") from None
+    try: new = replace_block(text, name, table)
+    except ValueError as e: raise ValueError(f"{readme}: {e}") from None
+    if new != text: atomic_write_text(readme, new)
+    return new != text
+
+def _cmd_claims(args) -> int:
+    "Print a claims ledger as a markdown table, or (with --readme) rewrite that file's claims block from it."
+    from condense_nb.claims import read_ledger, claims_table
     ledger = Path(args.ledger)
     if not ledger.is_file(): raise ValueError(f"{ledger}: no claims ledger there (a reproduce run writes RUNS/PRESET/claims.json)")
     rows = read_ledger(ledger)
-    table = claims_table(rows)
-    if args.readme is None: _say(table); return 0
-    readme = Path(args.readme)
-    try: text = readme.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e: raise ValueError(f"{readme}: cannot read it as UTF-8 text ({e})") from None
-    try: new = replace_block(text, args.name, table)
-    except ValueError as e: raise ValueError(f"{readme}: {e}") from None
-    if new != text: atomic_write_text(readme, new)
-    _say(f"{readme}: claims block {args.name!r} {'rewritten' if new != text else 'already current'} from {ledger} ({len(rows)} rows)")
+    if args.readme is None: _say(claims_table(rows)); return 0
+    changed = rewrite_claims_block(args.readme, args.name, ledger)
+    _say(f"{args.readme}: claims block {args.name!r} {'rewritten' if changed else 'already current'} from {ledger} ({len(rows)} rows)")
+    return 0
+
+# %% ../nbs/06_cli.ipynb #4fafd338
+PUBLISH_SKIP = (".safetensors", ".tmp", ".lock")   # weights (shipped only through ship-teacher), interrupted writes, locks
+
+def published_records(results_dir, registry: Sequence[tuple[str, str]] = PIPELINES, depends: dict | None = None) -> list[dict]:
+    """One `write_report` record per stage published in `results_dir` (a folder `results_dir/<stage>/`), in registry order:
+    `done`, or `stale` when its DONE.json records outputs of a stage it reads (`depends`) other than the published ones."""
+    results_dir, depends = Path(results_dir), DEPENDS if depends is None else depends
+    recs = []
+    for s, nb in registry:
+        if not (results_dir/s).is_dir(): continue
+        rec = read_done(results_dir/s) or {}
+        params, ins = rec.get("parameters") or {}, rec.get("inputs") or {}
+        r = dict(stage=s, notebook=nb, status="done", duration_s=rec.get("duration_s"),
+                 settings={k: v for k, v in params.items() if k not in ("preset", "data_root", "out_dir")})
+        moved = [u for u in depends.get(s, ()) if ins.get(u) and outputs_digest(results_dir/u) not in (None, ins[u])]
+        if moved: r.update(status="stale", reason=f"made from other outputs of {_few(repr(u) for u in moved)} than the published ones")
+        recs.append(r)
+    return recs
+
+def publish(run_dir, stage: str, results_dir, registry: Sequence[tuple[str, str]] = PIPELINES, depends: dict | None = None) -> Path:
+    """Copy the finished `stage` of `run_dir` (RUNS/PRESET) into `results_dir/<stage>/` (its top-level files, not `PUBLISH_SKIP`),
+    replace that stage's rows of `results_dir/claims.json` by the run's, and reassemble `results_dir/report.md` from every
+    published stage (`published_records`). Returns the report's path."""
+    from condense_nb.core import atomic_write_bytes
+    from condense_nb.claims import read_ledger, update_ledger
+    run_dir, results_dir, names = Path(run_dir), Path(results_dir), [s for s, _ in registry]
+    if stage not in names: raise UsageError(f"--stage: unknown stage {stage!r}; expected one of {names}")
+    src, dst = run_dir/stage, results_dir/stage
+    rec = read_done(src)
+    if rec is None: raise ValueError(f"{src}/DONE.json: missing or unreadable: stage {stage!r} has not finished in {run_dir}; nothing to publish")
+    rows = [r for r in read_ledger(run_dir/"claims.json") if r["stage"] == stage]
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in dst.iterdir():                                 # the previous publication of the stage goes entirely
+        if f.is_file(): f.unlink()
+    for f in sorted(src.iterdir()):
+        if f.is_file() and not f.name.startswith(".") and not f.name.endswith(PUBLISH_SKIP): atomic_write_bytes(dst/f.name, f.read_bytes())
+    if rows or (results_dir/"claims.json").exists(): update_ledger(results_dir/"claims.json", stage, rows)
+    params = rec.get("parameters") or {}
+    return write_report(results_dir, params.get("preset", run_dir.name), published_records(results_dir, registry, depends),
+                        data_root=params.get("data_root"))
+
+def _cmd_publish(args) -> int:
+    report = publish(args.run, args.stage, args.to)
+    _say(f"published {Path(args.run)/args.stage} into {Path(args.to)/args.stage}; report: {report}")
+    if args.readme is not None:
+        changed = rewrite_claims_block(args.readme, args.name, Path(args.to)/"claims.json")
+        _say(f"{args.readme}: claims block {args.name!r} {'rewritten' if changed else 'already current'}")
     return 0
 
 # %% ../nbs/06_cli.ipynb #67f279e3
@@ -754,10 +809,10 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message): self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 def build_parser() -> argparse.ArgumentParser:
-    "The `condense-nb` argument parser with its `data`, `pool`, `reproduce`, `notebooks`, `claims`, `train-teacher` and `ship-teacher` subcommands."
+    "The `condense-nb` argument parser with its `data`, `pool`, `reproduce`, `notebooks`, `claims`, `publish`, `train-teacher` and `ship-teacher` subcommands."
     p = _Parser(prog="condense-nb", description="Build the synthetic datasets and reproduce the "
                                 "ConDense / FiT3D / I2P-MAE experiments of condense-nb.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{data,pool,reproduce,notebooks,claims,train-teacher,ship-teacher}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{data,pool,reproduce,notebooks,claims,publish,train-teacher,ship-teacher}")
     cpus = os.cpu_count() or 1
     d = sub.add_parser("data", help="build the synthetic datasets of a preset (resumable)",
                        description="Build the SynthRooms/SynthShapes datasets of a preset into ROOT/PRESET/ (resumable).")
@@ -816,6 +871,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--readme", default=None, help="a markdown file holding a <!-- claims:NAME --> ... <!-- /claims:NAME --> block")
     c.add_argument("--name", default="small", help="the block's name (default: small)")
     c.set_defaults(func=_cmd_claims)
+    pu = sub.add_parser("publish", help="copy a finished stage of a run into results/ and reassemble its report and ledger",
+                        description="Copy the finished STAGE of RUN (RUNS/PRESET) into TO/STAGE/ (its top-level files, without weights), "
+                        "replace STAGE's rows of TO/claims.json by the run's, and reassemble TO/report.md from every published stage; a "
+                        "published stage made from other outputs of a stage it reads than the published ones is marked out of date.")
+    pu.add_argument("--run", required=True, help="the run's preset folder, RUNS/PRESET (e.g. runs/small)")
+    pu.add_argument("--stage", required=True, help=f"the stage to publish: {', '.join(s for s, _ in PIPELINES)}")
+    pu.add_argument("--to", required=True, help="the published results folder, e.g. results/small")
+    pu.add_argument("--readme", default=None, help="also rewrite this file's <!-- claims:NAME --> block from TO/claims.json")
+    pu.add_argument("--name", default="small", help="the block's name (default: small)")
+    pu.set_defaults(func=_cmd_publish)
     tt = sub.add_parser("train-teacher", help="train the 2D teacher of a preset here, or data-parallel under torchrun",
                         description="Train (or resume) the teacher recipe of PRESET on its images under ROOT into OUT (teacher.safetensors, "
                         "metrics.json, ckpt/; with keep_every in the recipe, also the EMA-teacher snapshots and the one the val rooms "

@@ -401,6 +401,55 @@ def test_readme_claims_block_is_generated_from_the_committed_ledger():
     assert block == claims_table(read_ledger(root / "results" / "small" / "claims.json"))
 
 
+def test_publish_command_copies_a_stage_its_rows_and_the_report(tmp_path, capsys):
+    """`condense-nb publish` copies a finished stage without weights, replaces its ledger rows, rewrites README's block,
+    reassembles the report; a stage published from another teacher than the published one is marked out of date."""
+    from condense_nb.claims import claim_row, read_ledger, claims_table
+    run, res, nb = tmp_path / "runs" / "small", tmp_path / "results" / "small", tmp_path / "x.ipynb"
+    nb.write_text("{}")
+    def finish(stage, payload, **inputs):
+        sd = run / stage; sd.mkdir(parents=True, exist_ok=True)
+        (sd / "metrics.json").write_text(json.dumps(payload)); (sd / "report.md").write_text(f"{stage} says {payload}\n")
+        (sd / "weights.safetensors").write_bytes(b"w" * 64); (sd / "half.json.tmp").write_text("{")
+        cli.mark_done(sd, stage, nb, dict(preset="small", data_root="/d", out_dir=str(sd), **({"shipped": True} if stage == "teacher" else {})), 90.0,
+                      inputs={u: cli.outputs_digest(run / u) for u in inputs})
+    finish("teacher", {"v": 1}); finish("probes", {"miou": 20.0}, teacher=1)
+    row = lambda d: claim_row("the teacher beats a random ViT", "test mIoU", "teacher", "random", [0.3 + d, 0.4 + d, 0.5 + d],
+                              [0.3, 0.3, 0.4], stage="probes", scale=100)
+    (run / "claims.json").write_text(json.dumps([row(0.1)]))
+    readme = tmp_path / "README.md"; readme.write_text("<!-- claims:small -->\nold\n<!-- /claims:small -->\n")
+    for stage in ("teacher", "probes"):
+        assert cli.main(["publish", "--run", str(run), "--stage", stage, "--to", str(res), "--readme", str(readme)]) == 0
+    assert sorted(p.name for p in (res / "probes").iterdir()) == ["DONE.json", "metrics.json", "report.md"]
+    assert read_ledger(res / "claims.json") == [row(0.1)]
+    assert claims_table([row(0.1)]) in readme.read_text()
+    report = (res / "report.md").read_text()
+    assert "| teacher | 10_teacher.ipynb | done `shipped=True` | 1 min 30 s |" in report and "probes says {'miou': 20.0}" in report
+    finish("teacher", {"v": 2})                               # a new teacher, published before the probe is re-run
+    assert cli.main(["publish", "--run", str(run), "--stage", "teacher", "--to", str(res)]) == 0
+    report = (res / "report.md").read_text()
+    assert "| probes | 11_probes.ipynb | stale | 1 min 30 s |" in report
+    assert "_Out of date: made from other outputs of 'teacher' than the published ones; rerun it._" in report
+    finish("probes", {"miou": 30.0}, teacher=1); (run / "claims.json").write_text(json.dumps([row(0.2)]))
+    assert cli.main(["publish", "--run", str(run), "--stage", "probes", "--to", str(res)]) == 0
+    assert read_ledger(res / "claims.json") == [row(0.2)] and "| probes | 11_probes.ipynb | done |" in (res / "report.md").read_text()
+    capsys.readouterr()
+    # bad input: one line each
+    assert cli.main(["publish", "--run", str(run), "--stage", "nope", "--to", str(res)]) == 2
+    assert "--stage: unknown stage 'nope'" in capsys.readouterr().err
+    assert cli.main(["publish", "--run", str(run), "--stage", "fit3d", "--to", str(res)]) == 1
+    err = capsys.readouterr().err
+    assert f"{run / 'fit3d'}/DONE.json: missing or unreadable: stage 'fit3d' has not finished" in err and len(err.strip().splitlines()) == 1
+
+
+def test_committed_report_lists_the_published_stages_as_published_records_does():
+    "results/small/report.md's stage table is what `publish` assembles from the committed stage folders (never typed)."
+    root = Path(__file__).resolve().parent.parent / "results" / "small"
+    text = (root / "report.md").read_text()
+    rows = text.split("| stage | notebook | status | duration |\n|---|---|---|---|\n")[1].split("\n\n")[0].splitlines()
+    assert {r["stage"]: r["status"] for r in cli.published_records(root)} == {l.split("|")[1].strip(): l.split("|")[3].split()[0] for l in rows}
+
+
 def test_train_teacher_command(tmp_path, capsys):
     """`condense-nb train-teacher` trains the preset's recipe with --set overrides through `teacher.run` (no papermill),
     resumes on a rerun, and answers a malformed --set or an unknown field with one line."""
