@@ -526,9 +526,10 @@ def reproduce(preset: str, root="data", runs="runs", only=None, force: bool = Fa
     records = {s: dict(stage=s, notebook=nb, status="not run") for s, nb in registry}
     failed = None
     with contextlib.ExitStack() as held:
-        for s in selected:                                  # one run per stage (and per dataset) at a time
+        locks = {}                                          # one run per stage (and per dataset) at a time
+        for s in selected:
             for path, what in [(lock(s), f"stage {s!r} of {run_dir}")] + [(f.parent/f".{f.name}.lock", f"the folder {f}") for f in extra(s)]:
-                lk = held.enter_context(FolderLock(path, what))
+                lk = held.enter_context(FolderLock(path, what)); locks.setdefault(s, []).append(lk)
                 if lk.stale: _say(f"{s}: took over the lock {path} of PID {lk.stale}, which is no longer running")
         missing = {}                                        # prerequisites: every stage a selected one reads is selected or up to date
         def need(s):
@@ -548,6 +549,8 @@ def reproduce(preset: str, root="data", runs="runs", only=None, force: bool = Fa
             if why is None and not force:
                 rec = read_done(sdir) or {}
                 records[stage].update(status="cached", duration_s=rec.get("duration_s"))
+                for lk in locks[stage]: lk.release()        # only read from now on: another run may read it too (a rerun of it
+                                                            # meanwhile leaves what read it out of date, by the inputs DONE.json records)
                 _say(f"{tag}: up to date ({fmt_duration(rec.get('duration_s'))} earlier), skipped; --force reruns it"); continue
             if why is None: _say(f"{tag}: up to date, rerunning it (--force); its DONE.json is replaced when the run finishes")
             elif (sdir/"DONE.json").exists(): _say(f"{tag}: out of date: {why}")

@@ -356,6 +356,30 @@ def test_second_run_into_one_folder_stops_naming_the_lock_and_pid(tmp_path):
     assert wait_gone(f"{first.pid}-") == []
 
 
+@linux_only
+@pytest.mark.kernel
+@pytest.mark.timeout(180)
+def test_an_up_to_date_stage_is_not_held_while_a_later_one_runs(tmp_path):
+    "A run that skips alpha as up to date lets go of alpha's lock: a second run may select alpha while the first runs beta."
+    kw = setup(tmp_path, {"alpha": SAME, "beta": SLOW, "gamma": SAME})
+    assert cli.reproduce("tiny", **kw, only="alpha") == 0
+    first = start_runner(kw, "--only", "alpha,beta", env={"STAGE_SLEEP": "30"})
+    try:
+        wait_for(lambda: owned(f"{first.pid}-"))                              # beta's kernel is running; alpha was skipped
+        second = start_runner(kw, "--only", "alpha,gamma")
+        _, err = second.communicate(timeout=90)
+        assert second.returncode == 0, err
+        assert count(tmp_path, "alpha") == 1 and count(tmp_path, "gamma") == 1   # alpha read, not rerun
+        assert (tmp_path/"runs/tiny/.beta.lock").exists() and first.poll() is None
+        third = start_runner(kw, "--only", "beta")                           # the running stage stays held
+        _, err = third.communicate(timeout=60)
+        assert third.returncode == 1
+        one_line_error(err, str((tmp_path/"runs/tiny/.beta.lock").resolve()), f"is locked by PID {first.pid}")
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
+
+
 # ---------------------------------------------------------------- orphans
 
 ORPHANS = """
