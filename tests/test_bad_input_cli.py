@@ -337,6 +337,14 @@ def wait_for(pred, timeout=60.0):
         time.sleep(0.1)
 
 
+def assert_locked_out(kw: dict, tmp: Path, first: subprocess.Popen, stage: str, *argv):
+    "A runner started now stops at once: exit 1, one line naming `stage`'s lock and the PID of `first`, which holds it."
+    run = start_runner(kw, *argv)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 1
+    one_line_error(err, str((tmp/f"runs/tiny/.{stage}.lock").resolve()), f"is locked by PID {first.pid}")
+
+
 @linux_only
 @pytest.mark.kernel
 @pytest.mark.timeout(180)
@@ -345,10 +353,7 @@ def test_second_run_into_one_folder_stops_naming_the_lock_and_pid(tmp_path):
     first = start_runner(kw, env={"STAGE_SLEEP": "20"})
     try:
         wait_for(lambda: owned(f"{first.pid}-"))                              # its kernel is running
-        second = start_runner(kw)
-        _, err = second.communicate(timeout=60)
-        assert second.returncode == 1
-        one_line_error(err, str((tmp_path/"runs/tiny/.alpha.lock").resolve()), f"is locked by PID {first.pid}")
+        assert_locked_out(kw, tmp_path, first, "alpha")
     finally:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=60)
@@ -371,10 +376,7 @@ def test_an_up_to_date_stage_is_not_held_while_a_later_one_runs(tmp_path):
         assert second.returncode == 0, err
         assert count(tmp_path, "alpha") == 1 and count(tmp_path, "gamma") == 1   # alpha read, not rerun
         assert (tmp_path/"runs/tiny/.beta.lock").exists() and first.poll() is None
-        third = start_runner(kw, "--only", "beta")                           # the running stage stays held
-        _, err = third.communicate(timeout=60)
-        assert third.returncode == 1
-        one_line_error(err, str((tmp_path/"runs/tiny/.beta.lock").resolve()), f"is locked by PID {first.pid}")
+        assert_locked_out(kw, tmp_path, first, "beta", "--only", "beta")         # the running stage stays held
     finally:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=60)
