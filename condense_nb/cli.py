@@ -648,7 +648,7 @@ def published_records(results_dir, registry: Sequence[tuple[str, str]] = PIPELIN
         rec = read_done(results_dir/s) or {}
         params, ins = rec.get("parameters") or {}, rec.get("inputs") or {}
         r = dict(stage=s, notebook=nb, status="done", duration_s=rec.get("duration_s"),
-                 settings={k: v for k, v in params.items() if k not in ("preset", "data_root", "out_dir")})
+                 settings={k: v for k, v in params.items() if k not in _RESERVED})   # reproduce's own: not a setting
         moved = [u for u in depends.get(s, ()) if ins.get(u) and outputs_digest(results_dir/u) not in (None, ins[u])]
         if moved: r.update(status="stale", reason=f"made from other outputs of {_few(repr(u) for u in moved)} than the published ones")
         recs.append(r)
