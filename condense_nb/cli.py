@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 # %% auto #0
-__all__ = ['PRESETS', 'PIPELINES', 'DEPENDS', 'OUTPUTS', 'STAND_INS', 'DONE_FORMAT', 'PUBLISH_SKIP', 'UsageError', 'repo_root',
-           'find_pipelines_dir', 'select_stages', 'file_sha256', 'imported_modules', 'library_files', 'output_manifest',
-           'manifest_changes', 'read_done', 'outputs_digest', 'stage_status', 'stage_is_done', 'code_state',
-           'mark_done', 'owned_processes', 'kill_owned', 'owned_children', 'run_stage', 'rewrite_links', 'git_commit',
-           'machine_info', 'fmt_duration', 'write_report', 'check_threads', 'writable_folder', 'notebook_parameters',
-           'stage_settings', 'reproduce', 'ship_teacher', 'rewrite_claims_block', 'published_records', 'publish',
-           'build_parser', 'main']
+__all__ = ['PRESETS', 'PIPELINES', 'DEPENDS', 'OUTPUTS', 'STAND_INS', 'DONE_FORMAT', 'PUBLISH_SKIP', 'LIFT_SPEC', 'UsageError',
+           'repo_root', 'find_pipelines_dir', 'select_stages', 'file_sha256', 'imported_modules', 'library_files',
+           'output_manifest', 'manifest_changes', 'read_done', 'outputs_digest', 'stage_status', 'stage_is_done',
+           'code_state', 'mark_done', 'owned_processes', 'kill_owned', 'owned_children', 'run_stage', 'rewrite_links',
+           'git_commit', 'machine_info', 'fmt_duration', 'write_report', 'check_threads', 'writable_folder',
+           'notebook_parameters', 'stage_settings', 'reproduce', 'ship_teacher', 'rewrite_claims_block',
+           'published_records', 'publish', 'build_parser', 'main']
 
 # %% ../nbs/06_cli.ipynb #840649ca
 PRESETS = ("tiny", "small", "full")
@@ -710,15 +710,48 @@ def _cmd_data(args) -> int:
 
 def _cmd_pool(args) -> int:
     writable_folder(args.root, "--root")
+    if args.max_rooms is not None and args.queries: raise UsageError("--max-rooms: applies to the pool, not to --queries")
     pool = importlib.import_module("condense_nb.pool")
     cfgs = ([pool.query_set(args.preset), pool.query_set(args.preset, shared=True)] if args.queries
             else [pool.PoolConfig.from_preset(args.preset)])
     for cfg in cfgs:
         t0 = time.time()
-        path = pool.build_pool(cfg, root=args.root, workers=args.workers, progress=True)
+        if args.max_rooms is not None and not 1 <= args.max_rooms <= cfg.rooms:
+            raise UsageError(f"--max-rooms: expected 1..{cfg.rooms} (the rooms of pool {cfg.name!r}), got {args.max_rooms}")
+        path = pool.build_pool(cfg, root=args.root, workers=args.workers, progress=True, max_rooms=args.max_rooms)
+        if not (path/"DONE").exists():                                  # a prefix: pool.json is written once every shard is built
+            n = cfg.shards_holding(args.max_rooms)
+            _say(f"pool {cfg.name!r}: its first {sum(len(pool.pool_seeds(cfg, k)) for k in range(n))} of {cfg.rooms} rooms "
+                 f"({n} of {cfg.n_shards} shards) ready in {path}; this run {fmt_duration(time.time() - t0)}; "
+                 "run it again without --max-rooms (or with more) to go on")
+            continue
         info = importlib.import_module("condense_nb.core").load_json(path/"pool.json")
         _say(f"pool {cfg.name!r} ready in {path}: {info['rooms']} rooms, {info['views']} views, {info['bytes'] / 1e6:.0f} MB; "
              f"this run {fmt_duration(time.time() - t0)}, {info['shard_seconds']:.0f} s of rendering over all runs")
+    return 0
+
+LIFT_SPEC = Path("fit3d")/"lift_stage1.json"                    # where the fit3d stage writes its Stage-1 spec, under RUNS/PRESET
+
+def _cmd_lift(args) -> int:
+    spec_path = Path(args.run)/LIFT_SPEC
+    if not spec_path.is_file():
+        raise UsageError(f"{spec_path}: missing: the fit3d stage writes it when its Stage 1 starts (condense-nb reproduce "
+                         "--only ...,fit3d --runs RUNS); start that first, then this beside it")
+    try: spec = json.loads(spec_path.read_text(encoding="utf-8")); rooms = list(spec["scene_ids"])
+    except (OSError, ValueError, KeyError, TypeError) as e: raise ValueError(f"{spec_path}: not a Stage-1 spec ({e})") from None
+    if args.from_end: spec["scene_ids"] = rooms[::-1]
+    if args.threads: spec["threads"] = args.threads
+    fit3d = importlib.import_module("condense_nb.fit3d")
+    out, t0 = Path(spec["out"]), time.time()
+    before = sum((out/f"{sid}.safetensors").exists() for sid in rooms)
+    _say(f"lifting the rooms of {spec_path} not yet in {out} ({before} of {len(rooms)} there), "
+         f"{'last' if args.from_end else 'first'} room first; a room another lifter finishes meanwhile is skipped")
+    with tempfile.TemporaryDirectory() as d:                           # the run's own spec stays as the stage wrote it
+        mine = Path(d)/"lift_stage1.json"; mine.write_text(json.dumps(spec), encoding="utf-8")
+        fit3d.lift_from_spec(mine)
+    after = sum((out/f"{sid}.safetensors").exists() for sid in rooms)
+    _say(f"{after} of {len(rooms)} rooms lifted in {out} ({after - before} by any lifter during this run, "
+         f"{fmt_duration(time.time() - t0)}); the fit3d stage goes on by itself")
     return 0
 
 def _key_value(text: str) -> tuple:
@@ -812,10 +845,10 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message): self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 def build_parser() -> argparse.ArgumentParser:
-    "The `condense-nb` argument parser with its `data`, `pool`, `reproduce`, `notebooks`, `claims`, `publish`, `train-teacher` and `ship-teacher` subcommands."
+    "The `condense-nb` argument parser with its `data`, `pool`, `reproduce`, `notebooks`, `claims`, `publish`, `lift`, `train-teacher` and `ship-teacher` subcommands."
     p = _Parser(prog="condense-nb", description="Build the synthetic datasets and reproduce the "
                                 "ConDense / FiT3D / I2P-MAE experiments of condense-nb.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{data,pool,reproduce,notebooks,claims,publish,train-teacher,ship-teacher}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{data,pool,reproduce,notebooks,claims,publish,lift,train-teacher,ship-teacher}")
     cpus = os.cpu_count() or 1
     d = sub.add_parser("data", help="build the synthetic datasets of a preset (resumable)",
                        description="Build the SynthRooms/SynthShapes datasets of a preset into ROOT/PRESET/ (resumable).")
@@ -835,6 +868,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--queries", action="store_true",
                    help="build ConDense's query sets instead (ROOT/queries_PRESET/ and ROOT/queries_PRESET_shared/: new rooms in "
                    "their own materials, then the same rooms with one shared floor and wall material)")
+    q.add_argument("--max-rooms", type=int, default=None, metavar="N",
+                   help="build only the shards holding the pool's first N rooms (what a stage that reads N rooms needs); "
+                   "a later run without it finishes the pool")
     q.set_defaults(func=_cmd_pool)
     r = sub.add_parser("reproduce", help="run the pipeline notebooks and write RUNS/PRESET/report.md",
                        description="Run the pipeline notebooks (nbs/pipelines/) in order with papermill, then "
@@ -884,6 +920,16 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--readme", default=None, help="also rewrite this file's <!-- claims:NAME --> block from TO/claims.json")
     pu.add_argument("--name", default="small", help="the block's name (default: small)")
     pu.set_defaults(func=_cmd_publish)
+    li = sub.add_parser("lift", help="a second FiT3D Stage-1 lifter beside a running fit3d stage",
+                        description="Lift the train rooms of the Stage-1 spec that a running fit3d stage wrote (RUN/fit3d/lift_stage1.json) "
+                        "in this process, skipping rooms already lifted: beside the stage on a machine with a spare core, with "
+                        "--from-end so that the two lifters start at opposite ends and meet in the middle. Lifting is "
+                        "deterministic, so the stage reads the same Gaussians whoever lifted them. (On GPUs, shard with torchrun instead: "
+                        "RUN/fit3d/lift_stage1.py.)")
+    li.add_argument("--run", required=True, help="the run's preset folder, RUNS/PRESET (e.g. runs/small)")
+    li.add_argument("--from-end", action="store_true", help="take the rooms from the last one backwards")
+    li.add_argument("--threads", type=_threads_arg, default=None, metavar="N", help="torch CPU threads (default: the stage's)")
+    li.set_defaults(func=_cmd_lift)
     tt = sub.add_parser("train-teacher", help="train the 2D teacher of a preset here, or data-parallel under torchrun",
                         description="Train (or resume) the teacher recipe of PRESET on its images under ROOT into OUT (teacher.safetensors, "
                         "metrics.json, ckpt/; with keep_every in the recipe, also the EMA-teacher snapshots and the one the val rooms "

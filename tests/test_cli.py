@@ -477,3 +477,28 @@ def test_train_teacher_command(tmp_path, capsys):
     assert f"chose the snapshot of step {sel['step']} on val" in capsys.readouterr().out
     chosen = tmp_path / "k" / "ckpt" / "snapshots" / f"step_{sel['step']:07d}.safetensors"
     assert (tmp_path / "k" / "teacher.safetensors").read_bytes() == chosen.read_bytes()
+
+
+def test_lift_command_lifts_the_run_spec_from_either_end(tmp_path, monkeypatch, capsys):
+    "`condense-nb lift --run R [--from-end]` hands fit3d.lift_from_spec the stage's spec (reversed with --from-end) and leaves the stage's file as it was."
+    import condense_nb.fit3d as fit3d
+    run = tmp_path / "runs" / "small"; (run / "fit3d").mkdir(parents=True)
+    spec = dict(scene_ids=["r0", "r1", "r2"], out=str(run / "fit3d" / "gaussians"), threads=1, lift_config={})
+    (run / "fit3d" / "lift_stage1.json").write_text(json.dumps(spec))
+    seen = []
+    def fake_lift(path):                                                     # a lifter that records its spec, lifts its first room
+        s = json.loads(Path(path).read_text()); seen.append(s)
+        Path(s["out"]).mkdir(exist_ok=True); (Path(s["out"]) / f"{s['scene_ids'][0]}.safetensors").write_bytes(b"x")
+    monkeypatch.setattr(fit3d, "lift_from_spec", fake_lift)
+    assert cli.main(["lift", "--run", str(run), "--from-end", "--threads", "1"]) == 0
+    assert seen[-1]["scene_ids"] == ["r2", "r1", "r0"] and seen[-1]["threads"] == 1
+    assert "1 of 3 rooms lifted" in capsys.readouterr().out
+    assert cli.main(["lift", "--run", str(run)]) == 0
+    assert seen[-1]["scene_ids"] == ["r0", "r1", "r2"] and "2 of 3 rooms lifted" in capsys.readouterr().out
+    assert json.loads((run / "fit3d" / "lift_stage1.json").read_text()) == spec
+    assert cli.main(["lift", "--run", str(tmp_path / "nowhere")]) == 2                  # the stage has not started there
+    assert "lift_stage1.json: missing" in capsys.readouterr().err
+    (run / "fit3d" / "lift_stage1.json").write_text("[1, 2]")
+    assert cli.main(["lift", "--run", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a Stage-1 spec" in err

@@ -81,3 +81,22 @@ def test_cli_builds_the_query_sets(tmp_path, capsys):
     assert all(torch.equal(x["depth"], y["depth"]) and torch.equal(x["viewmats"], y["viewmats"]) for x, y in zip(a, b))
     assert not all(torch.equal(x["rgb"], y["rgb"]) for x, y in zip(a, b))
     assert "queries_tiny_shared" in capsys.readouterr().out
+
+
+def test_cli_max_rooms_builds_a_prefix_then_the_rest(tmp_path, capsys):
+    "`condense-nb pool --max-rooms N` builds only the shards holding the first N rooms (no DONE); a run without it finishes the pool."
+    from condense_nb import cli
+    from condense_nb.pool import PoolConfig, shard_paths, pool_rooms
+    cfg, root = PoolConfig(), tmp_path / PoolConfig().name                      # tiny: 16 rooms, 8 a shard
+    args = ["pool", "--preset", "tiny", "--workers", "1", "--root", str(tmp_path)]
+    assert cli.main(args + ["--max-rooms", "3"]) == 0
+    assert shard_paths(root, 0)[0].exists() and not shard_paths(root, 1)[0].exists() and not (root / "DONE").exists()
+    assert "first 8 of 16 rooms (1 of 2 shards)" in capsys.readouterr().out
+    first = shard_paths(root, 0)[0].read_bytes()
+    assert cli.main(args) == 0
+    assert (root / "DONE").exists() and shard_paths(root, 0)[0].read_bytes() == first   # the prefix is kept, not rebuilt
+    assert len(pool_rooms(root, cfg.rooms)) == cfg.rooms and "ready in" in capsys.readouterr().out
+    for bad in (["--max-rooms", "0"], ["--max-rooms", "17"], ["--max-rooms", "2", "--queries"]):
+        assert cli.main(args + bad) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--max-rooms" in err
