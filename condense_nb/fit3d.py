@@ -5,7 +5,7 @@ their renders (Stage 2), probe the teacher, the fine-tuned model and their combi
 
 # %% ../nbs/23_fit3d.ipynb #2629e279
 from __future__ import annotations
-import json, math, time
+import json, math, re, time
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 import numpy as np
@@ -25,9 +25,9 @@ from .claims import claim_row, update_ledger, ledger_precondition
 from .scenes import CLASSES
 
 # %% auto #0
-__all__ = ['PRESETS', 'LIFT_SCRIPT', 'VARIANTS', 'PAPER_DEPTH', 'POS_VARIANTS', 'METRICS', 'PAPER', 'Fit3DConfig', 'lift_views',
-           'lift_from_spec', 'stage1', 'lr_search_dir', 'stage2', 'choose_finetune_lr', 'ClsOnly', 'pca_fusion',
-           'variant_features', 'compare', 'run']
+__all__ = ['PRESETS', 'LIFT_SCRIPT', 'STAGES12', 'VARIANTS', 'PAPER_DEPTH', 'POS_VARIANTS', 'METRICS', 'PAPER', 'Fit3DConfig',
+           'lift_views', 'lift_from_spec', 'stage1', 'lr_search_dir', 'stage2', 'choose_finetune_lr', 'save_stages12',
+           'load_stages12', 'cached_result', 'ClsOnly', 'pca_fusion', 'variant_features', 'compare', 'run']
 
 # %% ../nbs/23_fit3d.ipynb #86aaed0d
 @dataclass
@@ -122,9 +122,12 @@ def stage1(cfg: Fit3DConfig, root, teacher: DenseEncoder, teacher_src: str, teac
     paths = lift_scenes(scene_ids, lambda sid: lift_views(rooms, sid, lcfg.seed, dev), teacher, lcfg, gdir, progress=False)
     gaussians = {sid: load_gaussians(p, device=dev) for sid, p in zip(scene_ids, paths)}
     hists = {sid: load_json(gdir / f"{sid}.history.json") for sid in scene_ids}
-    return dict(config=lcfg, rooms=rooms, scene_ids=scene_ids, gaussians=gaussians, seconds=time.time() - t0,
-                lifted_now=[sid for sid in scene_ids if sid not in before],
-                per_scene_s={sid: float(h.get("wall_seconds", sum(h["seconds"]))) for sid, h in hists.items()}, hists=hists)
+    return dict(config=lcfg, rooms=rooms, scene_ids=scene_ids, gaussians=gaussians, counts={sid: len(g) for sid, g in gaussians.items()},
+                seconds=time.time() - t0, lifted_now=[sid for sid in scene_ids if sid not in before], per_scene_s=_per_scene_s(hists), hists=hists)
+
+def _per_scene_s(hists: dict) -> dict:
+    "Seconds each room's lifting took (loading, teacher features, init and iterations), from its history."
+    return {sid: float(h.get("wall_seconds", sum(h["seconds"]))) for sid, h in hists.items()}
 
 # %% ../nbs/23_fit3d.ipynb #3cf21afe
 def _ckpt_step(ckdir: Path) -> int:
@@ -224,6 +227,72 @@ def choose_finetune_lr(cfg: Fit3DConfig, s1: dict, teacher: DenseEncoder, splits
     best = max(lrs, key=lambda lr: val_mIoU[f"{lr:g}"])
     return dict(lr=best, val_mIoU=val_mIoU, seconds=round(time.time() - t0, 1))
 
+# %% ../nbs/23_fit3d.ipynb #6b2f8d31
+STAGES12 = "stages12.json"
+
+def _plain(x): return json.loads(json.dumps(x))                          # dataclass dicts and tuples as JSON reads them back
+
+def _stages12_key(cfg: Fit3DConfig, teacher_sha: str, lr: float, scene_ids: list) -> dict:
+    "What a `stages12.json` must match: the teacher, both recipes (Stage 2's at the chosen `lr`), the candidate rates, the rooms."
+    return dict(teacher_sha=teacher_sha, lift_config=_plain(asdict(cfg.lift_config())), finetune_lrs=[float(x) for x in cfg.finetune_lrs],
+                finetune_config=_plain(asdict(replace(cfg.finetune_config(), lr=lr))), scene_ids=list(scene_ids))
+
+def save_stages12(out: Path, cfg: Fit3DConfig, teacher_sha: str, s1: dict, sel: dict, s2: dict) -> dict:
+    "Write `out/stages12.json` from finished Stages 1 (`stage1`) and 2 (`stage2`) and the learning-rate search `sel`; return it."
+    rec = dict(_stages12_key(cfg, teacher_sha, s2["config"].lr, s1["scene_ids"]),
+               gaussians={sid: dict(sha=tensors_sha(g), n=len(g)) for sid, g in s1["gaussians"].items()},
+               encoders={k: tensors_sha(s2[k].model) for k in ("ft1", "ft2")}, lr_search=sel,
+               stage2={k: s2[k] for k in ("n_samples", "batch_size", "steps_per_epoch", "steps")}, timing=s2["timing"],
+               losses=[float(x) for x in s2["losses"]])
+    save_json(out / STAGES12, rec)
+    return rec
+
+def load_stages12(cfg: Fit3DConfig, root, teacher_sha: str, out: Path, dev) -> tuple | None:
+    """Stages 1 and 2 as `run` uses them, `(s1, sel, s2)`, from `out/stages12.json`, the rooms' histories and the fine-tuned
+    encoders, when the record matches this experiment; else None (the stages must run). Gaussians still in
+    `out/gaussians/` are loaded and checked against the record; so are the encoders."""
+    path, gdir = out / STAGES12, out / "gaussians"
+    if not path.exists(): return None
+    rec, rooms = load_json(path), RoomScenes(root, "train")
+    scene_ids = rooms.scene_ids[: cfg.lift_rooms]
+    lr = rec.get("lr_search", {}).get("lr")
+    if not isinstance(lr, (int, float)): return None
+    key = _stages12_key(cfg, teacher_sha, lr, scene_ids)
+    enc_paths = {"ft1": out / "finetuned_1ep.safetensors", "ft2": out / "finetuned_2ep.safetensors"}
+    if ({k: rec.get(k) for k in key} != key or not all(p.exists() for p in enc_paths.values())
+            or not all((gdir / f"{sid}.history.json").exists() for sid in scene_ids)): return None
+    enc = {k: load_encoder(p).to(dev) for k, p in enc_paths.items()}
+    for k, e in enc.items():
+        if tensors_sha(e.model) != rec["encoders"][k]:
+            raise ValueError(f"{enc_paths[k]}: not the encoder {path} records; delete {path} to fine-tune again")
+    gaussians = {}
+    for sid in scene_ids:
+        if (gdir / f"{sid}.safetensors").exists():
+            gaussians[sid] = load_gaussians(gdir / f"{sid}.safetensors", device=dev)
+            if tensors_sha(gaussians[sid]) != rec["gaussians"][sid]["sha"]:
+                raise ValueError(f"{gdir / f'{sid}.safetensors'}: not the Gaussians {path} records; delete {path} to run Stages 1 and 2 again")
+    hists = {sid: load_json(gdir / f"{sid}.history.json") for sid in scene_ids}
+    s1 = dict(config=cfg.lift_config(), rooms=rooms, scene_ids=scene_ids, gaussians=gaussians,
+              counts={sid: rec["gaussians"][sid]["n"] for sid in scene_ids}, seconds=0.0, lifted_now=[], per_scene_s=_per_scene_s(hists), hists=hists)
+    t = rec["timing"]
+    s2 = dict(config=replace(cfg.finetune_config(), lr=lr), **enc, losses=np.array(rec["losses"]), **rec["stage2"],
+              step0=rec["stage2"]["steps"], timing=t, images_per_s=t["images"] / t["seconds"] if t["seconds"] > 0 else float("nan"))
+    return s1, rec["lr_search"], s2
+
+def _slug(name: str) -> str: return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+def cached_result(path: Path, key: dict, compute) -> tuple:
+    """`(compute(), seconds it took)` as JSON reads them back, kept in `path` under `key`: a later call with the same key
+    reads the file instead of computing (its seconds are the first call's), so a rerun of `run` resumes its probes."""
+    key = _plain(key)
+    if path.exists():
+        rec = load_json(path)
+        if isinstance(rec, dict) and rec.get("key") == key: return rec["result"], float(rec["seconds"])
+    t0 = time.time(); res = compute()
+    save_json(path, dict(key=key, seconds=round(time.time() - t0, 2), result=res))
+    rec = load_json(path)
+    return rec["result"], float(rec["seconds"])
+
 # %% ../nbs/23_fit3d.ipynb #81c610cf
 VARIANTS = ("teacher", "fine-tuned (1 ep)", "concat (1 ep)", "add (1 ep)", "linear fusion (1 ep)", "fine-tuned (2 ep)", "concat (2 ep)")
 PAPER_DEPTH = ("teacher", "fine-tuned (1 ep)", "concat (1 ep)")        # FiT3D's own depth probe: CLS ⊕ patch, 256 bins
@@ -304,15 +373,21 @@ def _run(cfg, data_root, out, teacher, teacher_src, teacher_path, data_preset, l
     root = build_preset(data_preset, root=data_root, progress=False)
     views = {"train": room_views(root, "train", cfg.view_stride), "val": room_views(root, "val", cfg.view_stride), "test": room_views(root, "test")}
     splits, test_room_ids = {s: v[:3] for s, v in views.items()}, views["test"][3]
-    # Stage 1 and Stage 2
-    s1 = stage1(cfg, root, teacher, teacher_src, teacher_path, out, dev, cfg.num_threads or 0)
+    # Stage 1 and Stage 2, unless stages12.json says both are done for this experiment
+    done12 = load_stages12(cfg, root, teacher_sha, out, dev)
+    if done12 is None:
+        s1 = stage1(cfg, root, teacher, teacher_src, teacher_path, out, dev, cfg.num_threads or 0)
+        scenes = _scenes(s1, dev)                                           # every lifted room's views, read once for Stage 2
+        sel = choose_finetune_lr(cfg, s1, teacher, splits, out, dev, say, scenes=scenes)
+        s2 = stage2(cfg, s1, teacher, out, dev, lr=sel["lr"], scenes=scenes)
+        del scenes
+        save_stages12(out, cfg, teacher_sha, s1, sel, s2)
+    else:
+        s1, sel, s2 = done12
+        say(f"Stages 1 and 2: done earlier ({out / STAGES12}); the Gaussians of {len(s1['gaussians'])} of {len(s1['scene_ids'])} rooms are here")
     hists = s1["hists"]
     final = lambda k: float(np.mean([np.mean(h[k][-max(1, len(h[k]) // 10):]) for h in hists.values()]))
     say(f"Stage 1: {len(s1['scene_ids'])} rooms, {len(s1['lifted_now'])} lifted now ({s1['seconds']:.0f} s); final PSNR {final('psnr'):.1f} dB")
-    scenes = _scenes(s1, dev)                                               # every lifted room's views, read once for Stage 2
-    sel = choose_finetune_lr(cfg, s1, teacher, splits, out, dev, say, scenes=scenes)
-    s2 = stage2(cfg, s1, teacher, out, dev, lr=sel["lr"], scenes=scenes)
-    del scenes
     ft1, ft2, losses, spe = s2["ft1"], s2["ft2"], s2["losses"], s2["steps_per_epoch"]
     k_ = max(1, spe // 4)
     say(f"Stage 2: {s2['n_samples']} images, {spe} steps per epoch, steps {s2['step0']}->{s2['steps']} in this run, {s2['images_per_s']:.1f} images/s")
@@ -324,38 +399,45 @@ def _run(cfg, data_root, out, teacher, teacher_src, teacher_path, data_preset, l
     F = {n: {s: cached_features(e, splits[s][0], fdir / f"{n}_{s}.safetensors", key=f"{n}:{enc_sha[n]}", device=dev)
              for s in ("train", "val", "test")} for n, e in encoders.items()}
     feature_seconds = time.time() - t0
-    # the probe rows
-    results, kept, t0 = {}, None, time.time()
+    # the probe rows; every probe's result is kept in probe_cache/ under what it depends on, so a rerun resumes
+    pkey = dict(encoders=enc_sha, seeds=seeds, probe_kwargs=probe_kw, view_stride=cfg.view_stride, data=data_preset,
+                n_images={k: len(v[0]) for k, v in splits.items()})
+    spent = {}                                                              # seconds of computing, over all runs, by protocol
+    def probed(kind: str, name: str, compute):
+        res, sec = cached_result(out / "probe_cache" / f"{kind}_{_slug(name)}.json", dict(pkey, kind=kind, name=name), compute)
+        spent[kind] = spent.get(kind, 0.0) + sec
+        return res
+    results, kept = {}, None
     for name in VARIANTS:
         feats, k = variant_features(F, name, C)
         kept = k if k is not None else kept
-        results[name] = run_probes(None, splits, len(CLASSES), seeds=seeds, features=feats, seg_kwargs=probe_kw, depth_kwargs=probe_kw,
-                                   device=dev, units=test_room_ids)
+        results[name] = probed("plain", name, lambda: run_probes(None, splits, len(CLASSES), seeds=seeds, features=feats, seg_kwargs=probe_kw,
+                                                                 depth_kwargs=probe_kw, device=dev, units=test_room_ids))
         say(f"{name}: mIoU {results[name]['seg']['mean']['mIoU']:.3f}, RMSE {results[name]['depth']['mean']['rmse']:.3f}")
-    probe_seconds = time.time() - t0
     # FiT3D's own depth probe: each patch token ⊕ its image's CLS token, 256 bins
     CLS = {n: {s: cached_features(ClsOnly(e), splits[s][0], fdir / f"{n}_cls_{s}.safetensors", key=f"{n}:cls:{enc_sha[n]}", device=dev)
                for s in ("train", "val", "test")} for n, e in encoders.items()}
     cls_patch = lambda names: {s: torch.cat([t for n in names for t in (F[n][s], CLS[n][s].expand_as(F[n][s]))], 1) for s in ("train", "val", "test")}
-    paper_depth, t0 = {}, time.time()
+    paper_depth = {}
     for name, encs in zip(PAPER_DEPTH, (["teacher"], ["ft1"], ["teacher", "ft1"])):
-        paper_depth[name] = run_probes(None, splits, len(CLASSES), seeds=seeds, features=cls_patch(encs), seg=False,
-                                       depth_kwargs=dict(probe_kw, head="bins"), device=dev, units=test_room_ids)
-    paper_depth_seconds = time.time() - t0
+        paper_depth[name] = probed("paper_depth", name, lambda: run_probes(None, splits, len(CLASSES), seeds=seeds, features=cls_patch(encs), seg=False,
+                                                                           depth_kwargs=dict(probe_kw, head="bins"), device=dev, units=test_room_ids))
     # the same probes with a layout prior
-    grid, pos_kw, t0 = tuple(F["teacher"]["test"].shape[-2:]), dict(probe_kw, positional=True), time.time()
-    results_pos = {"position only": run_probes(None, splits, len(CLASSES), seeds=seeds, device=dev, seg_kwargs=probe_kw, depth_kwargs=probe_kw,
-                                               features={s: position_features(len(splits[s][0]), grid) for s in splits})}
+    grid, pos_kw = tuple(F["teacher"]["test"].shape[-2:]), dict(probe_kw, positional=True)
+    results_pos = {"position only": probed("positional", "position only", lambda: run_probes(
+        None, splits, len(CLASSES), seeds=seeds, device=dev, seg_kwargs=probe_kw, depth_kwargs=probe_kw,
+        features={s: position_features(len(splits[s][0]), grid) for s in splits}))}
     for name in POS_VARIANTS:
-        results_pos[name] = run_probes(None, splits, len(CLASSES), seeds=seeds, features=variant_features(F, name, C)[0], seg_kwargs=pos_kw,
-                                       depth_kwargs=pos_kw, device=dev)
-    probe_pos_seconds = time.time() - t0
+        results_pos[name] = probed("positional", name, lambda: run_probes(None, splits, len(CLASSES), seeds=seeds, features=variant_features(F, name, C)[0],
+                                                                          seg_kwargs=pos_kw, depth_kwargs=pos_kw, device=dev))
     # multi-view consistency on the test rooms
     scenes = RoomScenes(root, "test")
     rooms = [{k: v for k, v in scenes[i].items() if k in ("rgb", "depth", "K", "viewmats")} for i in range(len(scenes))]
     cons_fns = {"teacher": teacher, "fine-tuned (1 ep)": ft1, "concat (1 ep)": combine(teacher, ft1, "concat")}
-    consistency = {n: run_consistency(fn, rooms, seeds=seeds, gap=cfg.consistency_gap, per_room=cfg.consistency_pairs,
-                                      max_points=cfg.consistency_points) for n, fn in cons_fns.items()}
+    pkey["consistency"] = dict(gap=cfg.consistency_gap, pairs=cfg.consistency_pairs, points=cfg.consistency_points)
+    consistency = {n: probed("consistency", n, lambda: run_consistency(fn, rooms, seeds=seeds, gap=cfg.consistency_gap, per_room=cfg.consistency_pairs,
+                                                                        max_points=cfg.consistency_points)) for n, fn in cons_fns.items()}
+    probe_seconds, paper_depth_seconds, probe_pos_seconds = (spent.get(k, 0.0) for k in ("plain", "paper_depth", "positional"))
     # comparisons and claims
     cmp = lambda a, b, pr, k, res=results, tag="": compare(a, b, pr, k, res, consistency, len(seeds), tag)
     PAIRS = [("concat (1 ep)", "teacher"), ("fine-tuned (1 ep)", "teacher"), ("add (1 ep)", "concat (1 ep)"),
@@ -383,14 +465,14 @@ def _run(cfg, data_root, out, teacher, teacher_src, teacher_path, data_preset, l
                              paper_figure="FiT3D linear-probe depth, ScanNet++", direction=-1, **common)]
     if ledger is not None: update_ledger(ledger, "fit3d", claims)
     keep.update(teacher=teacher, ft1=ft1, ft2=ft2, stage1=s1, stage2=s2, splits=splits, rooms=rooms, device=dev)
-    lcfg, fcfg, g = s1["config"], s2["config"], s1["gaussians"]
+    lcfg, fcfg = s1["config"], s2["config"]
     metrics = dict(
         preset=data_preset, config=asdict(cfg), teacher=teacher_src, teacher_sha=teacher_sha, device=str(dev), threads=torch.get_num_threads(),
         seeds=seeds, view_stride=cfg.view_stride, probe_kwargs=dict(probe_kw, lrs=list(cfg.lrs)), n_images={k: len(v[0]) for k, v in splits.items()},
         n_test_rooms=len(rooms),
         lift=dict(config=asdict(lcfg), rooms=s1["scene_ids"], lifted_this_run=s1["lifted_now"], seconds_this_run=round(s1["seconds"], 2),
                   seconds_per_scene=float(np.mean(list(s1["per_scene_s"].values()))), seconds_by_scene=s1["per_scene_s"],
-                  gaussians_by_scene={s: len(x) for s, x in g.items()}, final_psnr=final("psnr"), final_feat_l1=final("feat")),
+                  gaussians_by_scene=s1["counts"], final_psnr=final("psnr"), final_feat_l1=final("feat")),
         finetune=dict(config=asdict(fcfg), n_samples=s2["n_samples"], batch_size=s2["batch_size"], steps_per_epoch=spe, steps=s2["steps"],
                       steps_this_run=s2["steps"] - s2["step0"], images_per_s=s2["images_per_s"], seconds=s2["timing"]["seconds"],
                       images=s2["timing"]["images"], loss_start=float(losses[:k_].mean()), loss_epoch1=float(losses[spe - k_:spe].mean()),

@@ -1,6 +1,6 @@
 """Papermill smoke run of the FiT3D pipeline (`nbs/pipelines/20_fit3d.ipynb`) at preset tiny, on data and a teacher the
 test makes itself: artifacts, the torchrun-sharded Stage 1, resuming, and the 1-epoch = first-epoch-of-2 claim."""
-import json, math, os, subprocess, sys
+import json, math, os, shutil, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -102,6 +102,7 @@ def test_run_without_papermill_gives_the_pipelines_numbers(fit3d, tmp_path):
     mtimes = {p: p.stat().st_mtime_ns for p in (out/"gaussians").glob("*.safetensors")}
     teacher = load_encoder(tmp/"runs"/"teacher"/"teacher.safetensors")
     threads = torch.get_num_threads()
+    shutil.rmtree(out/"probe_cache")                                      # the probes are fitted again, here, not read back
     m = run(Fit3DConfig.from_preset("tiny", **OVERRIDES, num_threads=1), tmp/"data", out, teacher, ledger=tmp_path/"claims.json")
     assert torch.get_num_threads() == threads                              # restored
     assert m["lift"]["lifted_this_run"] == [] and m["finetune"]["steps_this_run"] == 0
@@ -203,7 +204,9 @@ def test_torchrun_shards_and_rerun_resumes(fit3d):
         for k, v in load_gaussians(f).state_dict().items(): assert torch.equal(v, before[f.name][k]), (f.name, k)
     mtimes = {f: f.stat().st_mtime_ns for f in g.glob("*.safetensors")}
     ck = (out/"finetune"/"ckpt"/"latest.json").stat().st_mtime_ns
+    (out/"stages12.json").unlink()                # without the record, Stage 1 finds its rooms and Stage 2 its checkpoints
     run_pipeline(tmp, out, overrides=json.dumps(dict(OVERRIDES, seeds=[0])))
+    assert (out/"stages12.json").exists()         # and the record is written again
     m = json.loads((out/"metrics.json").read_text())
     assert m["lift"]["lifted_this_run"] == [] and m["finetune"]["steps_this_run"] == 0
     assert {f: f.stat().st_mtime_ns for f in g.glob("*.safetensors")} == mtimes
@@ -211,6 +214,46 @@ def test_torchrun_shards_and_rerun_resumes(fit3d):
     assert m["finetune"]["images_per_s"] > 0                              # kept from the first run's timing
     report = (out/"report.md").read_text()
     for v in VARIANTS: assert f"| {v} |" in report, v
+
+
+def test_stages12_record_stands_for_both_stages_without_the_gaussians(fit3d, tmp_path):
+    """With Stage 2 done, `stages12.json` and the two fine-tuned encoders stand for both stages: a copy of the run folder
+    without any Gaussians, fine-tuning checkpoints, learning-rate search or feature cache gives the pipeline's numbers and
+    lifts and trains nothing; an encoder or a Gaussian file other than the recorded one stops the run, naming the file."""
+    from condense_nb.encoders import load_encoder, save_encoder
+    from condense_nb.fit3d import Fit3DConfig, run
+    tmp, root, out = fit3d
+    first = json.loads((tmp/"first_metrics.json").read_text())
+    def left_out(d, names):
+        if Path(d) == out: return {n for n in names if n in ("lr_search", "finetune", "features", "probe_cache", "lift_teacher.safetensors")}
+        return {n for n in names if n.endswith(".safetensors")} if Path(d) == out/"gaussians" else set()
+    cp = tmp_path/"fit3d"; shutil.copytree(out, cp, ignore=left_out)
+    assert (cp/"stages12.json").exists() and not list((cp/"gaussians").glob("*.safetensors"))
+    teacher = load_encoder(tmp/"runs"/"teacher"/"teacher.safetensors")
+    cfg = Fit3DConfig.from_preset("tiny", **OVERRIDES, num_threads=1)
+    m = run(cfg, tmp/"data", cp, teacher)
+    assert m["lift"]["lifted_this_run"] == [] and m["finetune"]["steps_this_run"] == 0
+    assert not list((cp/"gaussians").glob("*.safetensors")) and not (cp/"finetune").exists() and not (cp/"lr_search").exists()
+    for k in ("probes", "consistency", "comparisons"): assert m[k] == first[k], k
+    for k in ("paper_depth_probe", "positional"): assert m[k]["probes"] == first[k]["probes"], k
+    for k in ("gaussians_by_scene", "final_psnr", "final_feat_l1"): assert m["lift"][k] == first["lift"][k], k   # (timings: rooms re-lifted by other tests)
+    for k in ("loss_start", "loss_epoch1", "loss_epoch2", "steps"): assert m["finetune"][k] == first["finetune"][k], k
+    rec = json.loads((cp/"stages12.json").read_text())                  # (the search's val scores are the last run's: other seeds)
+    assert m["finetune"]["lr_search"] == rec["lr_search"] and m["finetune"]["lr_search"]["lr"] == first["finetune"]["lr_search"]["lr"]
+    assert m["finetune"]["images_per_s"] == rec["timing"]["images"] / rec["timing"]["seconds"] > 0
+    cache = {f: f.stat().st_mtime_ns for f in (cp/"probe_cache").glob("*.json")}
+    assert len(cache) == 7 + 3 + 4 + 3                                  # plain variants, FiT3D's depth probe, layout prior, consistency
+    assert run(cfg, tmp/"data", cp, teacher)["probes"] == m["probes"]    # a rerun reads every probe back ...
+    assert {f: f.stat().st_mtime_ns for f in cache} == cache
+    one = run(Fit3DConfig.from_preset("tiny", **dict(OVERRIDES, seeds=[0]), num_threads=1), tmp/"data", cp, teacher)
+    assert all(f.stat().st_mtime_ns != t for f, t in cache.items())    # ... and other seeds recompute them
+    assert [len(r["seg"]["per_seed"]) for r in one["probes"].values()] == [1] * 7
+    save_encoder(teacher, cp/"finetuned_1ep.safetensors", dict(stage="test"))            # not the recorded encoder
+    with pytest.raises(ValueError, match="finetuned_1ep.safetensors: not the encoder"): run(cfg, tmp/"data", cp, teacher)
+    shutil.copy(out/"finetuned_1ep.safetensors", cp/"finetuned_1ep.safetensors")
+    sids = json.loads((cp/"stages12.json").read_text())["scene_ids"]
+    shutil.copy(out/"gaussians"/f"{sids[1]}.safetensors", cp/"gaussians"/f"{sids[0]}.safetensors")   # another room's Gaussians
+    with pytest.raises(ValueError, match=f"{sids[0]}.safetensors: not the Gaussians"): run(cfg, tmp/"data", cp, teacher)
 
 
 def test_stale_gaussians_are_refused(fit3d):
