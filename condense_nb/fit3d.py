@@ -251,12 +251,18 @@ def load_stages12(cfg: Fit3DConfig, root, teacher_sha: str, out: Path, dev) -> t
     """Stages 1 and 2 as `run` uses them, `(s1, sel, s2)`, from `out/stages12.json`, the rooms' histories and the fine-tuned
     encoders, when the record matches this experiment; else None (the stages must run). Gaussians still in
     `out/gaussians/` are loaded and checked against the record; so are the encoders."""
-    path, gdir = out / STAGES12, out / "gaussians"
+    path = out / STAGES12
     if not path.exists(): return None
     rec, rooms = load_json(path), RoomScenes(root, "train")
     scene_ids = rooms.scene_ids[: cfg.lift_rooms]
-    lr = rec.get("lr_search", {}).get("lr")
-    if not isinstance(lr, (int, float)): return None
+    try: return _from_stages12(rec, cfg, rooms, scene_ids, teacher_sha, out, dev)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a stages12 record ({type(e).__name__}: {e}); delete it to run Stages 1 and 2 again") from None
+
+def _from_stages12(rec: dict, cfg: Fit3DConfig, rooms: RoomScenes, scene_ids: list, teacher_sha: str, out: Path, dev) -> tuple | None:
+    "`load_stages12` once the record `rec` is read."
+    path, gdir = out / STAGES12, out / "gaussians"
+    lr = rec["lr_search"]["lr"]
     key = _stages12_key(cfg, teacher_sha, lr, scene_ids)
     enc_paths = {"ft1": out / "finetuned_1ep.safetensors", "ft2": out / "finetuned_2ep.safetensors"}
     if ({k: rec.get(k) for k in key} != key or not all(p.exists() for p in enc_paths.values())

@@ -254,6 +254,8 @@ def test_stages12_record_stands_for_both_stages_without_the_gaussians(fit3d, tmp
     sids = json.loads((cp/"stages12.json").read_text())["scene_ids"]
     shutil.copy(out/"gaussians"/f"{sids[1]}.safetensors", cp/"gaussians"/f"{sids[0]}.safetensors")   # another room's Gaussians
     with pytest.raises(ValueError, match=f"{sids[0]}.safetensors: not the Gaussians"): run(cfg, tmp/"data", cp, teacher)
+    (cp/"stages12.json").write_text(json.dumps(dict(lr_search=3)))          # damaged: one error naming the file
+    with pytest.raises(ValueError, match="stages12.json: not a stages12 record"): run(cfg, tmp/"data", cp, teacher)
 
 
 def test_stale_gaussians_are_refused(fit3d):
