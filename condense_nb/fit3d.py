@@ -98,13 +98,15 @@ from condense_nb.fit3d import lift_from_spec
 lift_from_spec(Path(__file__).with_suffix(".json"))
 '''
 
+def _plain(x): return json.loads(json.dumps(x))                          # dataclass dicts and tuples as JSON reads them back
+
 def stage1(cfg: Fit3DConfig, root, teacher: DenseEncoder, teacher_src: str, teacher_path: str, out: Path, dev, threads: int = 0) -> dict:
     "Lift (or find lifted) the experiment's train rooms into `out/gaussians/`: the Gaussians, their training histories and timings."
     lcfg, rooms = cfg.lift_config(), RoomScenes(root, "train")
     scene_ids = rooms.scene_ids[: cfg.lift_rooms]
     gdir = out / "gaussians"; gdir.mkdir(exist_ok=True)
     spec = dict(teacher=teacher_src, teacher_sha=tensors_sha(teacher.model), data=str(Path(root).resolve()),
-                lift_config=json.loads(json.dumps(asdict(lcfg))))
+                lift_config=_plain(asdict(lcfg)))
     if (gdir / "stage1.json").exists():
         old = load_json(gdir / "stage1.json")
         if {k: old.get(k) for k in ("teacher_sha", "lift_config")} != {k: spec[k] for k in ("teacher_sha", "lift_config")}:
@@ -138,7 +140,7 @@ def _finetune_spec(fdir: Path, fcfg: FinetuneConfig, s1: dict, teacher_sha: str,
     "Record (or, in an existing `fdir`, check) the teacher, Gaussians and recipe of the fine-tuning run there."
     fdir.mkdir(parents=True, exist_ok=True)
     spec = dict(teacher_sha=teacher_sha, gaussians={sid: tensors_sha(g) for sid, g in s1["gaussians"].items()},
-                config=json.loads(json.dumps(asdict(fcfg))))
+                config=_plain(asdict(fcfg)))
     if (fdir / "spec.json").exists() and load_json(fdir / "spec.json") != spec:
         raise ValueError(f"{fdir}: made with another teacher, other Gaussians or another FinetuneConfig ({fdir / 'spec.json'}); "
                          f"use a new out_dir or delete that folder and {done}")
@@ -230,8 +232,6 @@ def choose_finetune_lr(cfg: Fit3DConfig, s1: dict, teacher: DenseEncoder, splits
 # %% ../nbs/23_fit3d.ipynb #6b2f8d31
 STAGES12 = "stages12.json"
 
-def _plain(x): return json.loads(json.dumps(x))                          # dataclass dicts and tuples as JSON reads them back
-
 def _stages12_key(cfg: Fit3DConfig, teacher_sha: str, lr: float, scene_ids: list) -> dict:
     "What a `stages12.json` must match: the teacher, both recipes (Stage 2's at the chosen `lr`), the candidate rates, the rooms."
     return dict(teacher_sha=teacher_sha, lift_config=_plain(asdict(cfg.lift_config())), finetune_lrs=[float(x) for x in cfg.finetune_lrs],
@@ -240,7 +240,7 @@ def _stages12_key(cfg: Fit3DConfig, teacher_sha: str, lr: float, scene_ids: list
 def save_stages12(out: Path, cfg: Fit3DConfig, teacher_sha: str, s1: dict, sel: dict, s2: dict) -> dict:
     "Write `out/stages12.json` from finished Stages 1 (`stage1`) and 2 (`stage2`) and the learning-rate search `sel`; return it."
     rec = dict(_stages12_key(cfg, teacher_sha, s2["config"].lr, s1["scene_ids"]),
-               gaussians={sid: dict(sha=tensors_sha(g), n=len(g)) for sid, g in s1["gaussians"].items()},
+               gaussians={sid: dict(sha=sha, n=s1["counts"][sid]) for sid, sha in load_json(out / "finetune" / "spec.json")["gaussians"].items()},
                encoders={k: tensors_sha(s2[k].model) for k in ("ft1", "ft2")}, lr_search=sel,
                stage2={k: s2[k] for k in ("n_samples", "batch_size", "steps_per_epoch", "steps")}, timing=s2["timing"],
                losses=[float(x) for x in s2["losses"]])
